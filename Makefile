@@ -1,0 +1,83 @@
+# Two commands matter: `make serve` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+HOST ?= 127.0.0.1
+PORT ?= 3000
+SEED ?= 42
+DATA ?= data/breast-cancer.csv
+SERVICE := bento.service:BreastCancerClassifier
+
+# The model store is project-local unless the caller points BENTOML_HOME elsewhere.
+export BENTOML_HOME ?= $(CURDIR)/.bentoml
+# Tools that are not Python packages (helm) live here; see scripts/install-tools.sh.
+export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help install install-dev tools data train model serve test lint-chart image bench lock clean
+
+help:
+	@echo "make serve   train if needed, then serve on http://$(HOST):$(PORT)"
+	@echo "make test    install test dependencies and run the whole suite"
+	@echo "make train   (re)train on $(DATA) and save to the model store ($$BENTOML_HOME)"
+	@echo "make image   build the bento and its container image"
+	@echo "make bench   benchmark the service against a bare ASGI reference"
+	@echo "make lock    re-pin requirements/*.txt from requirements/*.in"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(UV): | $(VENV)/bin/python
+	$(PY) -m pip install --quiet "uv==0.13.9"
+
+# The stamps make installs incremental: they re-run only when a lock file changes.
+$(VENV)/.serve-installed: requirements/serve.txt | $(UV)
+	$(UV) pip sync --quiet --python $(PY) requirements/serve.txt
+	@touch $@
+
+$(VENV)/.dev-installed: requirements/dev.txt | $(UV)
+	$(UV) pip sync --quiet --python $(PY) requirements/dev.txt
+	@touch $@ $(VENV)/.serve-installed
+
+install: $(VENV)/.dev-installed
+install-dev: $(VENV)/.dev-installed
+
+tools: install-dev
+	bash scripts/install-tools.sh
+
+data: install
+	$(PY) -m training.dataset --output $(DATA)
+
+train: install
+	$(PY) -m training.train --data $(DATA) --seed $(SEED)
+
+# Train only when the store has no breast_cancer model yet.
+model: install
+	@$(VENV)/bin/bentoml models get breast_cancer:latest >/dev/null 2>&1 \
+		|| $(PY) -m training.train --data $(DATA) --seed $(SEED)
+
+serve: model
+	$(VENV)/bin/bentoml serve $(SERVICE) --host $(HOST) --port $(PORT)
+
+test: tools
+	$(PY) -m pytest
+
+image: model
+	bash scripts/build-image.sh
+
+bench: model
+	$(PY) -m bench.run
+
+lock: $(UV)
+	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu serve.in -o serve.txt
+	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu dev.in -o dev.txt
+	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+		--python-platform x86_64-unknown-linux-gnu checkov.in -o checkov.txt
+
+clean:
+	rm -rf $(VENV) .tools .bentoml data reports logs bench/results .pytest_cache .hypothesis

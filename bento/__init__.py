@@ -1,0 +1,1 @@
+"""The BentoML service for the breast-cancer diagnosis model."""

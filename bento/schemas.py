@@ -1,0 +1,80 @@
+"""The API's request and response models (pydantic), generated from the one list of feature names."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+
+# Rows per /predict_batch request: enough for any clinical batch, small enough to bound a
+# request's memory and latency (1000 rows is ~1 MB of JSON and a few milliseconds of model time).
+MAX_BATCH_ROWS = 1000
+
+# Strict: a JSON string such as "1.5" or a boolean is rejected rather than coerced; integers are
+# accepted as floats. Measurements are never negative, never NaN or infinite.
+FeatureValue = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
+Features = create_model(
+    "Features",
+    __config__=ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]},
+    ),
+    __doc__="The 30 measurements of one fine-needle aspirate (WDBC feature names).",
+    **{name: (FeatureValue, ...) for name in FEATURE_NAMES},
+)
+
+
+class Prediction(BaseModel):
+    diagnosis: Literal["malignant", "benign"]
+    probability_malignant: float = Field(ge=0, le=1)
+    threshold: float = Field(ge=0, le=1, description="malignant when probability_malignant >= threshold")
+    model_tag: str
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Features outside the range seen in training: the model is extrapolating.",
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "diagnosis": MALIGNANT_LABEL,
+                    "probability_malignant": 1.0,
+                    "threshold": 0.19,
+                    "model_tag": "breast_cancer:abc123",
+                    "warnings": [],
+                }
+            ]
+        }
+    )
+
+
+class BatchRequest(BaseModel):
+    instances: list[Features] = Field(min_length=1, max_length=MAX_BATCH_ROWS)  # type: ignore[valid-type]
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]}]},
+    )
+
+
+class BatchPrediction(BaseModel):
+    predictions: list[Prediction]
+
+
+class ModelInfo(BaseModel):
+    tag: str
+    creation_time: datetime
+    threshold: float
+    feature_names: list[str]
+    metrics: dict
+    quality_gate: dict[str, float]
+    dataset_sha256: str
+    seed: int
+    sklearn_version: str
+    bentoml_version: str
+

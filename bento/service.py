@@ -1,0 +1,123 @@
+"""The BentoML service: breast-cancer diagnosis from the 30 WDBC measurements.
+
+    bentoml serve bento.service:BreastCancerClassifier
+
+Environment:
+  MODEL_TAG        model to serve (default breast_cancer:latest)
+  SERVICE_WORKERS  worker processes (default cpu_count, which follows the cgroup CPU quota)
+  LOG_LEVEL, LOG_FILE  see bento/logs.py
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from operator import attrgetter
+
+import bentoml
+import numpy as np
+import sklearn
+from fastapi import FastAPI
+from loguru import logger
+
+from bento import logs
+from bento.features import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME
+from bento.schemas import BatchPrediction, BatchRequest, Features, ModelInfo, Prediction
+
+logs.configure()
+
+MODEL_TAG = os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest")
+_workers = os.environ.get("SERVICE_WORKERS", "cpu_count")
+WORKERS: int | str = int(_workers) if _workers.isdigit() else _workers
+
+# Pydantic has already rejected NaN, infinities and non-numbers, so scikit-learn's own per-call
+# input checks are redundant on this path.
+sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+
+_feature_values = attrgetter(*FEATURE_NAMES)
+
+# GET /model is served by a small FastAPI app mounted beside the BentoML APIs (BentoML APIs are
+# POST-only); BentoML merges its routes into the service's OpenAPI document.
+model_info_app = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@model_info_app.get("/model", response_model=ModelInfo, tags=["Service APIs"])
+async def model_info() -> ModelInfo:
+    """The served model: tag, creation time, metrics, decision threshold and feature names."""
+    return bentoml.get_current_service().info
+
+
+class ModelUnavailable(bentoml.exceptions.ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__(f"model {MODEL_TAG} is not loaded; see the service's startup log")
+
+
+@bentoml.asgi_app(model_info_app, path="/")
+@bentoml.service(
+    name="breast_cancer_classifier",
+    workers=WORKERS,
+    resources={"cpu": "1", "memory": "512Mi"},
+    traffic={"timeout": 10},
+    # Predictions are logged by the service itself, as JSON, without the request body.
+    logging={"access": {"enabled": False}},
+)
+class BreastCancerClassifier:
+    """Predicts whether a breast mass is malignant from the 30 WDBC measurements."""
+
+    def __init__(self) -> None:
+        try:
+            model_ref = bentoml.models.get(MODEL_TAG)
+            self.pipeline = bentoml.sklearn.load_model(model_ref)
+        except bentoml.exceptions.NotFound:
+            # Stay up but never ready, so Kubernetes keeps traffic away and the reason is logged.
+            self.pipeline = None
+            logger.error(
+                "model {} not found in the BentoML model store under {}: train it with "
+                "`make train` (or `python -m training.train`), or set MODEL_TAG to a model that exists",
+                MODEL_TAG,
+                os.environ.get("BENTOML_HOME", "~/bentoml"),
+            )
+            return
+        metadata = model_ref.info.metadata
+        self.tag = str(model_ref.tag)
+        self.threshold = float(metadata["threshold"])
+        self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **metadata)
+        logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=metadata["metrics"]["cross_validation"]).info(
+            "loaded model {}", self.tag
+        )
+
+    async def __is_ready__(self) -> bool:
+        return self.pipeline is not None
+
+    def _predict(self, rows: list[Features]) -> list[Prediction]:  # type: ignore[valid-type]
+        if self.pipeline is None:
+            raise ModelUnavailable()
+        started = time.perf_counter()
+        features = np.array([_feature_values(row) for row in rows], dtype=np.float64)
+        probabilities = self.pipeline.predict_proba(features)[:, 1]
+        predictions = [
+            Prediction(
+                diagnosis=MALIGNANT_LABEL if probability >= self.threshold else BENIGN_LABEL,
+                probability_malignant=probability,
+                threshold=self.threshold,
+                model_tag=self.tag,
+            )
+            for probability in probabilities.tolist()
+        ]
+        malignant = sum(prediction.diagnosis == MALIGNANT_LABEL for prediction in predictions)
+        logger.bind(
+            rows=len(predictions),
+            malignant=malignant,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        ).info("predicted")
+        return predictions
+
+    @bentoml.api(route="/predict")
+    async def predict(self, features: Features, /) -> Prediction:  # type: ignore[valid-type]
+        """Diagnose one sample."""
+        return self._predict([features])[0]
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(self, request: BatchRequest, /) -> BatchPrediction:
+        """Diagnose up to 1000 samples in one call; predictions keep the order of the instances."""
+        return BatchPrediction(predictions=self._predict(request.instances))

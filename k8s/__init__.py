@@ -1,0 +1,1 @@
+"""Kubernetes manifests and the rollout verifier (`python -m k8s.verify`) that CI runs after helm."""

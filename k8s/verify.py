@@ -1,0 +1,316 @@
+"""Verify a Helm release of the classifier on a live cluster, through the Kubernetes API.
+
+    python -m k8s.verify --release R --namespace N [--timeout SECONDS] [--context C]
+
+The e2e and deploy jobs of .github/workflows/ci.yml run it after `helm upgrade`. It waits for the
+Deployment's rollout, checks that the HPA and the PDB target it and that its pods are Ready, then
+port-forwards to each pod through the API server and checks the diagnoses of a known malignant and
+a known benign row. On failure it prints events and pod logs and exits 1 with the reason.
+
+The checks are pure functions on the API's JSON form of each object, the shape `helm template`
+renders, so tests/k8s/test_verify.py runs them on the chart without a cluster. Only `Cluster` and
+`main` talk to an API server, and that live path runs only in the workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.stream import portforward
+
+from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+
+Obj = Mapping[str, Any]
+EXAMPLES = ((MALIGNANT_LABEL, MALIGNANT_EXAMPLE), (BENIGN_LABEL, BENIGN_EXAMPLE))
+
+
+class VerificationError(Exception):
+    """A check failed; the message says which object and why."""
+
+
+# --- Pure checks --------------------------------------------------------------------------------
+
+
+def rollout_status(deployment: Obj, hpa: Obj | None = None) -> tuple[bool, str]:
+    """(done, progress message), by the rules of `kubectl rollout status`.
+
+    Done means the controller has observed the latest spec, every desired replica runs the new
+    template and is available, and no old replica is left. With an HPA, also that it has raised
+    the replica count to its minReplicas: a fresh install starts at one replica, and a pod the HPA
+    adds after that would fail the readiness check. A rollout past its progress deadline will not
+    finish by waiting, so that raises.
+    """
+    name = deployment["metadata"]["name"]
+    generation = deployment["metadata"].get("generation", 0)
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < generation:
+        return False, f"waiting for the controller to observe generation {generation} of {name}"
+    for condition in status.get("conditions") or []:
+        if condition.get("reason") == "ProgressDeadlineExceeded":
+            reason = condition.get("message", "progress deadline exceeded")
+            raise VerificationError(f"deployment {name}: {reason}")
+    desired = deployment["spec"].get("replicas", 1)  # the API's default when the chart omits it
+    updated = status.get("updatedReplicas", 0)
+    current = status.get("replicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < desired:
+        return False, f"{name}: {updated} of {desired} replicas updated"
+    if current > updated:
+        return False, f"{name}: {current - updated} old replicas pending termination"
+    if available < updated:
+        return False, f"{name}: {available} of {updated} updated replicas available"
+    minimum = (hpa or {}).get("spec", {}).get("minReplicas", 1)
+    if desired < minimum:
+        return False, f"{name}: waiting for the HPA to scale from {desired} to minReplicas {minimum}"
+    return True, f"{name}: rolled out, {available} of {desired} replicas available"
+
+
+def hpa_problems(hpa: Obj, deployment: Obj) -> list[str]:
+    """The HPA must scale this Deployment (an HPA pointing elsewhere silently does nothing)."""
+    ref = hpa["spec"]["scaleTargetRef"]
+    target = (ref.get("apiVersion", "apps/v1"), ref.get("kind"), ref.get("name"))
+    expected = ("apps/v1", "Deployment", deployment["metadata"]["name"])
+    if target != expected:
+        got, want = "/".join(map(str, target)), "/".join(expected)
+        return [f"HPA {hpa['metadata']['name']} targets {got}, not {want}"]
+    return []
+
+
+def pdb_problems(pdb: Obj, deployment: Obj) -> list[str]:
+    """The PDB must select this Deployment's pods, or it protects nothing during node drains."""
+    name = pdb["metadata"]["name"]
+    selector = pdb["spec"].get("selector")
+    labels = deployment["spec"]["template"]["metadata"].get("labels") or {}
+    if not selector:  # policy/v1: an empty selector matches every pod in the namespace
+        return [f"PDB {name} has no selector"]
+    if not selector_matches(selector, labels):
+        return [f"PDB {name} selector {dict(selector)} does not match the pod labels {dict(labels)}"]
+    return []
+
+
+def selector_matches(selector: Obj, labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics (matchLabels and matchExpressions, all must hold)."""
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        holds = {
+            "In": key in labels and labels[key] in values,
+            "NotIn": key not in labels or labels[key] not in values,
+            "Exists": key in labels,
+            "DoesNotExist": key not in labels,
+        }[operator]
+        if not holds:
+            return False
+    return True
+
+
+def pod_problems(pods: Iterable[Obj]) -> list[str]:
+    """Every pod that is not being deleted must be Ready; say why not (e.g. CrashLoopBackOff)."""
+    live = [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
+    if not live:
+        return ["no running pods match the deployment's selector"]
+    problems = []
+    for pod in live:
+        status = pod.get("status") or {}
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
+        if not ready:
+            waiting = [
+                f"{c['name']}: {c['state']['waiting'].get('reason')}"
+                for c in status.get("containerStatuses") or []
+                if (c.get("state") or {}).get("waiting")
+            ]
+            detail = "; ".join([status.get("phase", "unknown phase"), *waiting])
+            problems.append(f"pod {pod['metadata']['name']} is not Ready ({detail})")
+    return problems
+
+
+def http_port(deployment: Obj, name: str = "http") -> int:
+    """The container port named `name` (the chart's contract), so the port is never hard-coded."""
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for port in container.get("ports") or []:
+            if port.get("name") == name:
+                return int(port["containerPort"])
+    deployment_name = deployment["metadata"]["name"]
+    raise VerificationError(f"deployment {deployment_name} has no container port named {name!r}")
+
+
+def answer_problem(expected: str, status: int, body: str) -> str | None:
+    """None when /predict answered 200 with the expected diagnosis, else what was wrong."""
+    if status != 200:
+        return f"/predict answered HTTP {status}: {body[:300]}"
+    try:
+        diagnosis = json.loads(body)["diagnosis"]
+    except (ValueError, KeyError, TypeError):
+        return f"/predict answered without a diagnosis: {body[:300]}"
+    if diagnosis != expected:
+        return f"/predict diagnosed a known {expected} row as {diagnosis!r}"
+    return None
+
+
+def post_json(sock: Any, path: str, payload: Obj, timeout: float = 30) -> tuple[int, str]:
+    """POST JSON over an already-connected socket (a port-forward stream or a plain TCP socket)."""
+    sock.settimeout(timeout)
+    connection = http.client.HTTPConnection("localhost")  # the host only names the Host header
+    connection.sock = sock
+    try:
+        headers = {"Content-Type": "application/json"}
+        connection.request("POST", path, body=json.dumps(payload), headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+# --- Live path (runs only in the workflow) --------------------------------------------------------
+
+
+class Cluster:
+    """The release's objects, as JSON dicts, from the API server of the current kube context."""
+
+    def __init__(self, namespace: str, selector: str, context: str | None = None):
+        try:
+            config.load_kube_config(context=context)
+        except config.ConfigException:
+            config.load_incluster_config()
+        self.namespace, self.selector = namespace, selector
+        self.api = client.ApiClient()
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.autoscaling = client.AutoscalingV2Api(self.api)
+        self.policy = client.PolicyV1Api(self.api)
+
+    def _items(self, list_call, label_selector: str) -> list[dict]:
+        found = list_call(self.namespace, label_selector=label_selector)
+        return self.api.sanitize_for_serialization(found)["items"]
+
+    def one(self, list_call, kind: str) -> dict:
+        items = self._items(list_call, self.selector)
+        if len(items) != 1:
+            names = [item["metadata"]["name"] for item in items]
+            raise VerificationError(
+                f"expected one {kind} labelled {self.selector} in {self.namespace}, found {names}"
+            )
+        return items[0]
+
+    def deployment(self) -> dict:
+        return self.one(self.apps.list_namespaced_deployment, "Deployment")
+
+    def pods(self, deployment: Obj) -> list[dict]:
+        selector = deployment["spec"]["selector"]
+        match_labels = ",".join(f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items())
+        pods = self._items(self.core.list_namespaced_pod, match_labels)
+        return [pod for pod in pods if selector_matches(selector, pod["metadata"].get("labels") or {})]
+
+    def predict(self, pod: str, port: int, payload: Obj) -> tuple[int, str]:
+        connect = self.core.connect_get_namespaced_pod_portforward
+        forward = portforward(connect, pod, self.namespace, ports=str(port))
+        try:
+            return post_json(forward.socket(port), "/predict", payload)
+        except OSError as exc:
+            detail = forward.error(port) or ""
+            raise VerificationError(f"port-forward to {pod}:{port} failed: {exc} {detail}") from exc
+        finally:
+            forward.close()
+
+    def dump_diagnostics(self, prefix: str) -> None:
+        """Events about the release's objects and the tail of every pod's logs, to stderr."""
+        events = self.api.sanitize_for_serialization(self.core.list_namespaced_event(self.namespace))["items"]
+        print(f"--- events in {self.namespace} for {prefix}*", file=sys.stderr)
+        for event in sorted(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or ""):
+            involved = event["involvedObject"]
+            if involved.get("name", "").startswith(prefix):
+                print(
+                    f"{event.get('lastTimestamp') or event.get('eventTime')} {event.get('type')} "
+                    f"{involved['kind']}/{involved['name']} {event.get('reason')}: {event.get('message')}",
+                    file=sys.stderr,
+                )
+        for pod in self._items(self.core.list_namespaced_pod, self.selector):
+            name = pod["metadata"]["name"]
+            for container in pod["spec"]["containers"]:
+                print(f"--- logs of {name}/{container['name']}", file=sys.stderr)
+                try:
+                    log = self.core.read_namespaced_pod_log(
+                        name, self.namespace, container=container["name"], tail_lines=100
+                    )
+                except client.ApiException as exc:  # a pod that never started has no logs
+                    log = f"(no logs: {exc})"
+                print(log, file=sys.stderr)
+
+
+def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
+    """Run every check against the live release; returns the Deployment's name or raises."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        deployment = cluster.deployment()
+        hpa = cluster.one(cluster.autoscaling.list_namespaced_horizontal_pod_autoscaler, "HPA")
+        done, message = rollout_status(deployment, hpa)
+        if message != last:
+            print(f"verify: {message}", flush=True)
+            last = message
+        if done:
+            break
+        if time.monotonic() > deadline:
+            raise VerificationError(f"rollout did not finish within {timeout:.0f}s: {message}")
+        time.sleep(poll)
+
+    pdb = cluster.one(cluster.policy.list_namespaced_pod_disruption_budget, "PDB")
+    pods = [p for p in cluster.pods(deployment) if not p["metadata"].get("deletionTimestamp")]
+    problems = hpa_problems(hpa, deployment) + pdb_problems(pdb, deployment) + pod_problems(pods)
+    if problems:
+        raise VerificationError("; ".join(problems))
+    print(f"verify: the HPA and the PDB target {deployment['metadata']['name']}; {len(pods)} pods are Ready")
+
+    port = http_port(deployment)
+    for pod in (p["metadata"]["name"] for p in pods):
+        for expected, row in EXAMPLES:
+            problem = answer_problem(expected, *cluster.predict(pod, port, row))
+            if problem:
+                raise VerificationError(f"pod {pod}: {problem}")
+        print(f"verify: pod {pod} diagnosed the known malignant and benign rows correctly", flush=True)
+    return deployment["metadata"]["name"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m k8s.verify", description="Verify a Helm release of the classifier on a live cluster."
+    )
+    parser.add_argument("--release", required=True, help="Helm release name")
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--selector", help="labels of the release's objects (default: its instance label)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the rollout")
+    parser.add_argument("--context", help="kubeconfig context (default: the current one, else in-cluster)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    selector = args.selector or f"app.kubernetes.io/instance={args.release}"
+    cluster = None
+    try:
+        cluster = Cluster(args.namespace, selector, args.context)
+        name = verify(cluster, args.timeout)
+    # Any failure, including API or connection errors, must end in diagnostics and a one-line reason.
+    except Exception as exc:  # noqa: BLE001
+        if cluster is not None:
+            try:
+                cluster.dump_diagnostics(args.release)
+            except Exception as dump_error:  # noqa: BLE001 (the original failure matters more)
+                print(f"verify: could not dump diagnostics: {dump_error}", file=sys.stderr)
+        where = f"release {args.release} in {args.namespace}"
+        print(f"verify: FAILED: {where}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"verify: OK: release {args.release}, deployment {name} in {args.namespace}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

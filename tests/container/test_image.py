@@ -1,0 +1,87 @@
+"""The real image, run as the chart runs it (see conftest.py): it serves, reports, logs and stops.
+
+The tests share one container and run in file order; the last one stops it with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import PurePosixPath
+
+import httpx
+import pytest
+
+from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+
+from .conftest import BENTO_PATH, CONTRACT, Container, Engine, Image
+
+pytestmark = pytest.mark.slow
+
+
+def test_writable_paths_do_not_shadow_the_bento() -> None:
+    # Each writable path becomes an empty volume: one at or above the bento would hide it.
+    for path in CONTRACT["writablePaths"]:
+        assert PurePosixPath(path).is_absolute(), path
+        assert not PurePosixPath(BENTO_PATH).is_relative_to(path), f"{path} would shadow {BENTO_PATH}"
+
+
+def test_image_user_is_the_contract_uid_not_root(engine: Engine, image: Image) -> None:
+    user = engine.run("image", "inspect", "--format", "{{.Config.User}}", image.name).stdout.strip()
+    assert user not in ("", "root", "0", "0:0"), f"image runs as {user!r}"
+    ids = engine.run("run", "--rm", "--network", "host", "--entrypoint", "id", image.name).stdout
+    assert f"uid={CONTRACT['uid']}(" in ids and f"gid={CONTRACT['gid']}(" in ids, ids
+
+
+def test_ready_on_a_read_only_root_filesystem(container: Container) -> None:
+    # Reaching /readyz under --read-only proves writablePaths cover everything BentoML writes.
+    assert httpx.get(f"{container.url}{CONTRACT['probes']['liveness']}").status_code == 200
+    assert httpx.get(f"{container.url}{CONTRACT['probes']['readiness']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("row", "diagnosis"), [(MALIGNANT_EXAMPLE, MALIGNANT_LABEL), (BENIGN_EXAMPLE, BENIGN_LABEL)]
+)
+def test_predicts_known_rows(container: Container, image: Image, row: dict, diagnosis: str) -> None:
+    response = httpx.post(f"{container.url}/predict", json=row, timeout=30)
+    assert response.status_code == 200, response.text
+    prediction = response.json()
+    assert prediction["diagnosis"] == diagnosis
+    assert prediction["model_tag"] == image.model_tag
+
+
+def test_serves_the_model_just_built(container: Container, engine: Engine, image: Image) -> None:
+    served = httpx.get(f"{container.url}/model").json()["tag"]
+    labelled = engine.run("image", "inspect", "--format", '{{index .Config.Labels "model_tag"}}', image.name)
+    assert served == labelled.stdout.strip() == image.model_tag
+
+
+def test_metrics(container: Container) -> None:
+    response = httpx.get(f"{container.url}{CONTRACT['probes']['metrics']}")
+    assert response.status_code == 200
+    # The predictions above were counted.
+    assert 'bentoml_service_request_total{' in response.text and 'endpoint="/predict"' in response.text
+
+
+def test_stdout_is_json_lines(container: Container, engine: Engine) -> None:
+    stdout = engine.run("logs", container.name).stdout
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            not_json.append(line)
+    assert not not_json, "lines on stdout that are not JSON:\n" + "\n".join(not_json[:20])
+    assert any(json.loads(line).get("message") == "predicted" for line in lines), stdout[-2000:]
+
+
+def test_sigterm_exits_zero_within_30_seconds(container: Container, engine: Engine) -> None:
+    started = time.monotonic()
+    # `stop` sends the image's stop signal (SIGTERM), then SIGKILL after the 30 s grace period.
+    engine.run("stop", "--time", "30", container.name, timeout=60)
+    seconds = time.monotonic() - started
+    exit_code = engine.run("inspect", "--format", "{{.State.ExitCode}}", container.name).stdout.strip()
+    print(f"stopped in {seconds:.1f} s with exit code {exit_code}")
+    assert exit_code == "0"
+    assert seconds < 30

@@ -1,0 +1,231 @@
+"""The rollout verifier's checks, run on objects rendered from the chart (there is no cluster here).
+
+The live path (API polling, port-forward) runs in the workflow's e2e and deploy jobs; here every
+check gets the Deployment, HPA and PDB that `helm template` renders, plus the status and pods a
+cluster would report, built from that same Deployment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from kubernetes import client
+
+from bento.features import BENIGN_LABEL, MALIGNANT_LABEL
+from k8s import verify
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "breast-cancer-classifier"
+HELM = ROOT / ".tools" / "bin" / "helm"
+RELEASE = "breast-cancer-classifier"
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    """The chart's default objects by kind, as `helm template` renders them."""
+    if not HELM.exists():
+        message = f"{HELM} is missing: run `make tools` (scripts/install-tools.sh)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    out = subprocess.run(
+        [HELM, "template", RELEASE, CHART, "--namespace", "verify-test"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    by_kind: dict[str, list[dict]] = {}
+    for doc in yaml.safe_load_all(out):
+        if doc:
+            by_kind.setdefault(doc["kind"], []).append(doc)
+    return by_kind
+
+
+def only(rendered: dict[str, list[dict]], kind: str) -> dict:
+    (obj,) = rendered[kind]
+    return copy.deepcopy(obj)
+
+
+@pytest.fixture
+def hpa(rendered):
+    return only(rendered, "HorizontalPodAutoscaler")
+
+
+@pytest.fixture
+def pdb(rendered):
+    return only(rendered, "PodDisruptionBudget")
+
+
+@pytest.fixture
+def deployment(rendered, hpa):
+    """The rendered Deployment as the API reports it after a finished rollout at the HPA's minimum."""
+    deployment = only(rendered, "Deployment")
+    replicas = hpa["spec"]["minReplicas"]
+    deployment["metadata"]["generation"] = 3
+    deployment["spec"]["replicas"] = replicas  # the chart leaves it to the HPA
+    deployment["status"] = {
+        "observedGeneration": 3,
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+    }
+    return deployment
+
+
+def pod_of(deployment: dict, name: str, ready: bool = True) -> dict:
+    template = deployment["spec"]["template"]
+    return {
+        "metadata": {"name": name, "labels": {**template["metadata"]["labels"], "pod-template-hash": "5d4f"}},
+        "spec": template["spec"],
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}]},
+    }
+
+
+def test_rendered_release_passes_every_check(deployment, hpa, pdb):
+    assert verify.rollout_status(deployment, hpa)[0]
+    assert verify.hpa_problems(hpa, deployment) == []
+    assert verify.pdb_problems(pdb, deployment) == []
+    pods = [pod_of(deployment, f"{RELEASE}-5d4f-{i}") for i in range(deployment["spec"]["replicas"])]
+    assert verify.pod_problems(pods) == []
+    contract = yaml.safe_load((ROOT / "k8s" / "runtime-contract.yaml").read_text())
+    assert verify.http_port(deployment, contract["portName"]) == contract["port"]
+
+
+def test_checks_read_the_shape_the_api_client_returns(deployment, hpa, pdb):
+    """The live path feeds the checks the client's models serialized back to JSON: same keys."""
+    api = client.ApiClient()
+    models = {"V1Deployment": deployment, "V2HorizontalPodAutoscaler": hpa, "V1PodDisruptionBudget": pdb}
+    for model, obj in models.items():
+        parsed = api.deserialize(json.dumps(obj), model, "application/json")
+        assert api.sanitize_for_serialization(parsed) == obj
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"metadata": {"generation": 4}}, "observe generation 4"),
+        ({"status": {"updatedReplicas": 1}}, "1 of 2 replicas updated"),
+        ({"status": {"replicas": 3}}, "1 old replicas pending termination"),
+        ({"status": {"availableReplicas": 1}}, "1 of 2 updated replicas available"),
+        # A fresh install: one replica, before the HPA raises it to minReplicas.
+        (
+            {
+                "spec": {"replicas": 1},
+                "status": {"replicas": 1, "updatedReplicas": 1, "availableReplicas": 1},
+            },
+            "waiting for the HPA to scale from 1 to minReplicas 2",
+        ),
+    ],
+)
+def test_unfinished_rollouts_keep_waiting(deployment, hpa, change, expected):
+    for section, fields in change.items():
+        deployment[section].update(fields)
+    done, message = verify.rollout_status(deployment, hpa)
+    assert not done
+    assert expected in message
+
+
+def test_a_rollout_past_its_deadline_fails_at_once(deployment):
+    deployment["status"]["conditions"] = [
+        {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "slow"}
+    ]
+    with pytest.raises(verify.VerificationError, match="slow"):
+        verify.rollout_status(deployment)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("name", "another-deployment"), ("kind", "StatefulSet"), ("apiVersion", "apps/v1beta1")],
+)
+def test_an_hpa_aimed_elsewhere_is_reported(deployment, hpa, field, value):
+    hpa["spec"]["scaleTargetRef"][field] = value
+    (problem,) = verify.hpa_problems(hpa, deployment)
+    assert value in problem
+
+
+def test_a_pdb_that_selects_other_pods_is_reported(deployment, pdb):
+    pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"] = "another-release"
+    (problem,) = verify.pdb_problems(pdb, deployment)
+    assert "does not match the pod labels" in problem
+
+
+def test_a_pdb_without_selector_is_reported(deployment, pdb):
+    pdb["spec"]["selector"] = {}
+    assert verify.pdb_problems(pdb, deployment) == [f"PDB {pdb['metadata']['name']} has no selector"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "matches"),
+    [
+        ({"matchLabels": {"app": "a"}}, True),
+        ({"matchLabels": {"app": "b"}}, False),
+        ({"matchExpressions": [{"key": "app", "operator": "In", "values": ["a", "b"]}]}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["a"]}]}, False),
+        ({"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["x"]}]}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "Exists"}]}, True),
+        ({"matchExpressions": [{"key": "app", "operator": "DoesNotExist"}]}, False),
+        ({"matchLabels": {"app": "a"}, "matchExpressions": [{"key": "tier", "operator": "Exists"}]}, False),
+    ],
+)
+def test_label_selectors_follow_kubernetes_semantics(selector, matches):
+    assert verify.selector_matches(selector, {"app": "a"}) is matches
+
+
+def test_pods_that_are_not_ready_are_reported_with_the_reason(deployment):
+    crashing = pod_of(deployment, "crashing", ready=False)
+    crashing["status"]["containerStatuses"] = [
+        {"name": "breast-cancer-classifier", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}
+    ]
+    leaving = pod_of(deployment, "leaving", ready=False)
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    problems = verify.pod_problems([pod_of(deployment, "fine"), crashing, leaving])
+    assert problems == ["pod crashing is not Ready (Running; breast-cancer-classifier: CrashLoopBackOff)"]
+    assert verify.pod_problems([leaving]) == ["no running pods match the deployment's selector"]
+
+
+def test_a_deployment_without_the_named_port_is_reported(deployment):
+    with pytest.raises(verify.VerificationError, match="no container port named 'metrics'"):
+        verify.http_port(deployment, "metrics")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "problem"),
+    [
+        (200, json.dumps({"diagnosis": MALIGNANT_LABEL, "probability_malignant": 0.99}), None),
+        (200, json.dumps({"diagnosis": BENIGN_LABEL}), "diagnosed a known malignant row as 'benign'"),
+        (500, "Internal Server Error", "answered HTTP 500"),
+        (200, "<html>", "without a diagnosis"),
+        (200, json.dumps(["malignant"]), "without a diagnosis"),
+    ],
+)
+def test_answers_are_checked(status, body, problem):
+    found = verify.answer_problem(MALIGNANT_LABEL, status, body)
+    assert found == problem if problem is None else problem in found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("expected", "row"), verify.EXAMPLES, ids=[label for label, _ in verify.EXAMPLES])
+def test_the_real_service_diagnoses_the_known_rows(server, expected, row):
+    """The verifier's request and answer check against `bentoml serve`, over a plain TCP socket:
+    the same code path as through a port-forward stream."""
+    url = urlsplit(server.url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        status, body = verify.post_json(sock, "/predict", row)
+    assert verify.answer_problem(expected, status, body) is None
+
+
+def test_without_a_cluster_it_exits_1_with_the_reason(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert verify.main(["--release", RELEASE, "--namespace", "prod"]) == 1
+    err = capsys.readouterr().err
+    assert f"verify: FAILED: release {RELEASE} in prod: ConfigException" in err

@@ -1,0 +1,1 @@
+"""Dataset preparation and training for the breast-cancer diagnosis model."""
