@@ -21,7 +21,8 @@ Features = create_model(
     "Features",
     __config__=ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]},
+        # OpenAPI 3.0 (what BentoML emits) takes a single `example`; Swagger UI pre-fills it.
+        json_schema_extra={"example": MALIGNANT_EXAMPLE},
     ),
     __doc__="The 30 measurements of one fine-needle aspirate (WDBC feature names).",
     **{name: (FeatureValue, ...) for name in FEATURE_NAMES},
@@ -40,15 +41,13 @@ class Prediction(BaseModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "diagnosis": MALIGNANT_LABEL,
-                    "probability_malignant": 1.0,
-                    "threshold": 0.19,
-                    "model_tag": "breast_cancer:abc123",
-                    "warnings": [],
-                }
-            ]
+            "example": {
+                "diagnosis": MALIGNANT_LABEL,
+                "probability_malignant": 1.0,
+                "threshold": 0.19,
+                "model_tag": "breast_cancer:abc123",
+                "warnings": [],
+            }
         }
     )
 
@@ -58,7 +57,7 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]}]},
+        json_schema_extra={"example": {"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]}},
     )
 
 

@@ -25,7 +25,9 @@ elapsed() { local ms=$(($(now) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 1
 
 start=$(now)
 commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
-bento_tag=$(bentoml build --output tag --label "source_commit=$commit" | sed -n 's/^__tag__://p')
+version=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
+bento_tag=$(bentoml build --output tag --label "source_commit=$commit" --label "version=$version" \
+    | sed -n 's/^__tag__://p')
 bento_path=$(bentoml get "$bento_tag" --output path)
 model_tag=$(python -c 'import json, sys; print(json.load(sys.stdin)["models"][0]["tag"])' \
     < <(bentoml get "$bento_tag" --output json))
@@ -46,7 +48,7 @@ trap 'rm -rf "$context_dir"' EXIT
     TMPDIR="$context_dir" bentoml containerize "$bento_tag" --backend "$ENGINE" \
         --image-tag "$image" --image-tag "$repository:latest" --opt network=host \
         --opt "label=model_tag=$model_tag" --opt "label=bento_tag=$bento_tag" \
-        --opt "label=source_commit=$commit"
+        --opt "label=source_commit=$commit" --opt "label=version=$version"
 )
 echo "bentoml containerize: $image in $(elapsed "$start")"
 

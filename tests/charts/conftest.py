@@ -25,10 +25,6 @@ VALUES_FILES: dict[str, Path | None] = {"default": None} | {
 NAMESPACE = "ml-serving"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "checkov: runs checkov on the chart (~25 s)")
-
-
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test taking `config` runs once per configuration: default values and each ci/ file."""
     if "config" in metafunc.fixturenames:
@@ -39,7 +35,9 @@ def require_tool(name: str) -> str:
     """The tool's path; a missing tool skips the test on a laptop and fails it in CI."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not on PATH: run `make tools` (scripts/install-tools.sh) and put .tools/bin on PATH"
+        message = (
+            f"{name} is not on PATH: run `make tools` (scripts/install-tools.sh) and put .tools/bin on PATH"
+        )
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)

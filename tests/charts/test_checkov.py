@@ -14,11 +14,15 @@ import subprocess
 
 import pytest
 
-pytestmark = [pytest.mark.checkov, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.slow  # ~25 s
 
 # Without these checkov asks PyPI for a newer version and a SaaS for guideline links on every run.
 # HELM_NAMESPACE: the namespace checkov's `helm template` renders into (else `default`, CKV_K8S_21).
-CHECKOV_ENV = {"CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE", "HELM_NAMESPACE": "ml-serving"}
+CHECKOV_ENV = {
+    "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true",
+    "BC_SKIP_MAPPING": "TRUE",
+    "HELM_NAMESPACE": "ml-serving",
+}
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +62,15 @@ def test_checkov_passes(scans, scan):
     # With nothing scanned (e.g. no helm for checkov to render with) checkov prints a bare summary.
     summary = scans[scan].get("summary", scans[scan])
     print(f"checkov {scan}: {summary}")  # the counts, for the report (pytest -s)
-    assert summary["resource_count"] >= 7 and summary["passed"] > 100, f"checkov scanned too little: {summary}"
+    assert summary["resource_count"] >= 7 and summary["passed"] > 100, (
+        f"checkov scanned too little: {summary}"
+    )
     results = scans[scan]["results"]
     assert summary["parsing_errors"] == 0, results["parsing_errors"]
-    failed = [f"{c['check_id']} {c['check_name']}: {c['resource']} {c['file_path']}" for c in results["failed_checks"]]
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']} {c['file_path']}"
+        for c in results["failed_checks"]
+    ]
     assert not failed, "checkov failed checks:\n" + "\n".join(failed)
 
 

@@ -14,7 +14,9 @@ CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
 def test_helm_is_the_pinned_version(helm_run):
     result = helm_run("version", "--short")
-    assert result.stdout.startswith("v4.1.4"), f"helm on PATH is {result.stdout!r}, not install-tools.sh's v4.1.4"
+    assert result.stdout.startswith("v4.1.4"), (
+        f"helm on PATH is {result.stdout!r}, not install-tools.sh's v4.1.4"
+    )
 
 
 def test_helm_lint_strict(helm_run, chart, values_files, config):

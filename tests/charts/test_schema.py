@@ -30,7 +30,10 @@ REJECTED = {
         'autoscaling.behavior.scaleUp.policies=[{"type":"Nodes","value":1,"periodSeconds":60}]',
         "/autoscaling/behavior/scaleUp/policies/0/type",
     ),
-    "probe period of the wrong type": ('probes.liveness.periodSeconds="10s"', "/probes/liveness/periodSeconds"),
+    "probe period of the wrong type": (
+        'probes.liveness.periodSeconds="10s"',
+        "/probes/liveness/periodSeconds",
+    ),
     "relative writable path": ('writablePaths=["tmp"]', "/writablePaths/0"),
     "PDB maxUnavailable that is not a count or percentage": (
         'podDisruptionBudget.maxUnavailable="half"',

@@ -27,6 +27,10 @@ from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACT = yaml.safe_load((REPO / "k8s" / "runtime-contract.yaml").read_text())
+# The chart's default limits: the worker count follows the CPU limit, so the test runs under them too.
+LIMITS = yaml.safe_load((REPO / "charts" / "breast-cancer-classifier" / "values.yaml").read_text())["resources"][
+    "limits"
+]
 BENTO_PATH = "/home/bentoml/bento"  # where BentoML's image keeps the bento (its BENTO_PATH)
 READY_TIMEOUT = 120  # generous for a loaded CI machine; the measured time is printed, not asserted
 
@@ -105,6 +109,11 @@ def image(engine: Engine, request: pytest.FixtureRequest, tmp_path_factory: pyte
     return Image(info["IMAGE"], info["MODEL_TAG"])
 
 
+def cpus(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("1", "1.5", "500m") in CPUs."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
 def run_args(image: str, name: str, port: int) -> list[str]:
     """`run` arguments matching the chart's pod: see k8s/runtime-contract.yaml."""
     tmpfs = [arg for path in CONTRACT["writablePaths"] for arg in ("--tmpfs", f"{path}:rw,mode=1777")]
@@ -114,6 +123,8 @@ def run_args(image: str, name: str, port: int) -> list[str]:
         "--user", f"{CONTRACT['uid']}:{CONTRACT['gid']}",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
+        "--cpus", str(cpus(str(LIMITS["cpu"]))),
+        "--memory", LIMITS["memory"].removesuffix("i").lower(),  # 1Gi -> 1g (the engines' g is 2^30)
         # Host networking, reached through 127.0.0.1 only: these machines allow no other traffic.
         "--network", "host",
         # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.

@@ -14,7 +14,7 @@ import pytest
 
 from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
-from .conftest import BENTO_PATH, CONTRACT, Container, Engine, Image
+from .conftest import BENTO_PATH, CONTRACT, LIMITS, Container, Engine, Image, cpus
 
 pytestmark = pytest.mark.slow
 
@@ -24,6 +24,11 @@ def test_writable_paths_do_not_shadow_the_bento() -> None:
     for path in CONTRACT["writablePaths"]:
         assert PurePosixPath(path).is_absolute(), path
         assert not PurePosixPath(BENTO_PATH).is_relative_to(path), f"{path} would shadow {BENTO_PATH}"
+
+
+def test_image_size_within_target(engine: Engine, image: Image) -> None:
+    size = int(engine.run("image", "inspect", "--format", "{{.Size}}", image.name).stdout)
+    assert size <= 600_000_000, f"{image.name} is {size / 1e6:.0f} MB, above the 600 MB target"
 
 
 def test_image_user_is_the_contract_uid_not_root(engine: Engine, image: Image) -> None:
@@ -37,6 +42,14 @@ def test_ready_on_a_read_only_root_filesystem(container: Container) -> None:
     # Reaching /readyz under --read-only proves writablePaths cover everything BentoML writes.
     assert httpx.get(f"{container.url}{CONTRACT['probes']['liveness']}").status_code == 200
     assert httpx.get(f"{container.url}{CONTRACT['probes']['readiness']}").status_code == 200
+
+
+def test_worker_count_follows_the_cpu_limit(container: Container, engine: Engine) -> None:
+    # SERVICE_WORKERS is unset, so the image's default (cpu_count of the cgroup quota) applies.
+    lines = engine.run("logs", container.name).stdout.splitlines()
+    logs = [json.loads(line) for line in lines if line.startswith("{")]  # non-JSON: see the test below
+    workers = {entry["pid"] for entry in logs if entry["message"] == "Service breast_cancer_classifier initialized"}
+    assert len(workers) == max(1, int(cpus(str(LIMITS["cpu"])))), logs
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,10 @@ def test_generated_files_match_a_fresh_render(tmp_path):
             pytest.fail(message)
         pytest.skip(message)
     result = subprocess.run(
-        ["bash", REPO / "scripts" / "render-manifests.sh", tmp_path], capture_output=True, text=True, check=False
+        ["bash", REPO / "scripts" / "render-manifests.sh", tmp_path],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     stale = [name for name in GENERATED if not filecmp.cmp(REPO / name, tmp_path / name, shallow=False)]
@@ -57,7 +60,13 @@ def test_manifests_live_in_the_documented_namespace():
 
 def test_plain_manifests_hold_the_service_and_no_helm_test():
     kinds = by_kind(load(MANIFESTS))
-    assert set(kinds) == {"Deployment", "Service", "ServiceAccount", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    assert set(kinds) == {
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
 
 
 def test_client_job_calls_the_service_by_dns_and_checks_the_answer():

@@ -40,13 +40,6 @@ def jobs(ci) -> dict:
     return ci["jobs"]
 
 
-def steps_of(workflows=WORKFLOWS):
-    for path in workflows:
-        for name, job in load(path)["jobs"].items():
-            for step in job.get("steps", []):
-                yield path, name, step
-
-
 def script(job: dict) -> str:
     """A job's shell, with line continuations joined so each command is one line."""
     return "\n".join(step.get("run", "") for step in job["steps"]).replace("\\\n", " ")
@@ -114,8 +107,9 @@ def test_the_test_job_runs_make_test_with_the_ci_system_packages(ci, jobs):
     assert apt_packages(script(test)) == apt_packages(ci_run)
 
 
-def test_dependency_caches_are_keyed_on_the_lock_files():
-    caches = [step for _, _, step in steps_of([CI]) if step.get("uses", "").startswith("actions/cache@")]
+def test_dependency_caches_are_keyed_on_the_lock_files(jobs):
+    steps = [step for job in jobs.values() for step in job["steps"]]
+    caches = [step for step in steps if step.get("uses", "").startswith("actions/cache@")]
     assert caches
     for step in caches:
         assert step["with"]["path"] == "~/.cache/uv"
@@ -268,3 +262,14 @@ def test_paths_the_workflow_names_exist():
     chart_files = set(re.findall(r"\$CHART/([\w./-]+)", text)) - {"Chart.yaml"}
     for path in chart_files | {"Chart.yaml"}:
         assert (ROOT / "charts" / "breast-cancer-classifier" / path).is_file(), path
+
+
+def test_e2e_reads_the_image_record_make_image_writes(jobs):
+    e2e = script(jobs["e2e"])
+    assert any(line.strip() == "make image" for line in e2e.splitlines())
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"(?m)^image:.*\n\tbash scripts/build-image.sh$", makefile)
+    (record,) = re.findall(r"(?m)^\s*source (\S+)$", e2e)
+    build = (ROOT / "scripts" / "build-image.sh").read_text()
+    assert f'info_file="${{IMAGE_INFO_FILE:-{record}}}"' in build
+    assert re.search(r"(?m)^IMAGE=\$image$", build) and re.search(r"(?m)^IMAGE_TAG=", build)

@@ -147,6 +147,7 @@ Call with (dict "root" $ "configMap" <name of the ConfigMap holding smokeTestDat
 {{- $root := .root -}}
 restartPolicy: Never
 automountServiceAccountToken: false
+enableServiceLinks: false
 {{- with $root.Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

@@ -1,0 +1,106 @@
+"""The service over real HTTP, against `bentoml serve` started by the session fixture."""
+
+from __future__ import annotations
+
+import httpx
+import pandas as pd
+import pytest
+
+from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
+from bento.schemas import MAX_BATCH_ROWS
+from training.dataset import write_csv
+
+
+def test_predict_malignant_example(client: httpx.Client) -> None:
+    response = client.post("/predict", json=MALIGNANT_EXAMPLE)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["diagnosis"] == "malignant"
+    assert body["probability_malignant"] >= body["threshold"]
+    assert 0 < body["threshold"] <= 0.5
+    assert body["model_tag"].startswith("breast_cancer:")
+
+
+def test_predict_benign_example(client: httpx.Client) -> None:
+    body = client.post("/predict", json=BENIGN_EXAMPLE).json()
+    assert body["diagnosis"] == "benign"
+    assert 0 <= body["probability_malignant"] < body["threshold"]
+
+
+def test_batch_classifies_the_dataset_in_order(client: httpx.Client, tmp_path) -> None:
+    frame = pd.read_csv(write_csv(tmp_path / "data.csv"))
+    rows = frame[list(FEATURE_NAMES)].to_dict(orient="records")
+    expected = frame["diagnosis"].map({"M": "malignant", "B": "benign"}).tolist()
+    predicted: list[str] = []
+    for start in range(0, len(rows), MAX_BATCH_ROWS // 2):
+        response = client.post("/predict_batch", json={"instances": rows[start : start + MAX_BATCH_ROWS // 2]})
+        assert response.status_code == 200, response.text
+        predicted += [p["diagnosis"] for p in response.json()["predictions"]]
+    assert len(predicted) == len(expected)
+    agreement = sum(p == e for p, e in zip(predicted, expected)) / len(expected)
+    # Training rows included, so this is a sanity floor, not a metric.
+    assert agreement > 0.95
+
+
+def test_batch_item_matches_single_prediction(client: httpx.Client) -> None:
+    batch = client.post("/predict_batch", json={"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]}).json()
+    single = client.post("/predict", json=BENIGN_EXAMPLE).json()
+    assert [p["diagnosis"] for p in batch["predictions"]] == ["benign", "malignant"]
+    assert batch["predictions"][0] == single
+
+
+def test_model_info(client: httpx.Client) -> None:
+    response = client.get("/model")
+    assert response.status_code == 200
+    info = response.json()
+    assert info["tag"] == client.post("/predict", json=BENIGN_EXAMPLE).json()["model_tag"]
+    assert info["feature_names"] == list(FEATURE_NAMES)
+    assert info["metrics"]["cross_validation"]["roc_auc"]["mean"] >= 0.99
+    assert info["creation_time"]
+    assert 0 < info["threshold"] <= 0.5
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
+def test_probes_and_metrics(client: httpx.Client, path: str) -> None:
+    assert client.get(path).status_code == 200
+
+
+def test_metrics_count_predictions(client: httpx.Client) -> None:
+    client.post("/predict", json=BENIGN_EXAMPLE)
+    metrics = client.get("/metrics").text
+    assert 'endpoint="/predict"' in metrics
+
+
+def test_missing_field_is_a_client_error_naming_the_field(client: httpx.Client) -> None:
+    body = {k: v for k, v in MALIGNANT_EXAMPLE.items() if k != "symmetry_se"}
+    response = client.post("/predict", json=body)
+    assert 400 <= response.status_code < 500
+    assert "symmetry_se" in response.text
+    assert response.headers["content-type"].startswith("application/json")
+
+
+def test_string_value_is_a_client_error_naming_the_field(client: httpx.Client) -> None:
+    response = client.post("/predict", json={**MALIGNANT_EXAMPLE, "radius_mean": "large"})
+    assert 400 <= response.status_code < 500
+    assert "radius_mean" in response.text
+    assert response.headers["content-type"].startswith("application/json")
+
+
+def test_openapi_has_a_working_example_for_each_endpoint(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+    assert "get" in spec["paths"]["/model"]
+    for path in ("/predict", "/predict_batch"):
+        schema = spec["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        response = client.post(path, json=schema["example"])
+        assert response.status_code == 200, (path, response.text)
+
+
+def test_prediction_log_lines_are_json_without_feature_values(server) -> None:
+    import json
+
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    predicted = [line for line in lines if line["message"] == "predicted"]
+    assert predicted and all("latency_ms" in line and "rows" in line for line in predicted)
+    assert str(MALIGNANT_EXAMPLE["area_worst"]) not in server.log()
+    loaded = [line for line in lines if line["message"].startswith("loaded model")]
+    assert loaded and "roc_auc" in loaded[0]["metrics"]
