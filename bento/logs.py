@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from loguru import logger
+from pydantic import ValidationError
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO").upper()
 LOG_FILE = os.environ.get("LOG_FILE", "")
@@ -50,6 +51,10 @@ class _InterceptHandler(logging.Handler):
     """Forward standard-library records to loguru (the recipe from loguru's documentation)."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info and isinstance(record.exc_info[1], ValidationError):
+            # BentoML logs client validation errors with a traceback that quotes the input;
+            # bento.errors logs each rejection as a WARNING without the payload instead.
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:

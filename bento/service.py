@@ -3,8 +3,9 @@
     bentoml serve bento.service:BreastCancerClassifier
 
 Environment:
-  MODEL_TAG        model to serve (default breast_cancer:latest)
-  SERVICE_WORKERS  worker processes (default cpu_count, which follows the cgroup CPU quota)
+  MODEL_TAG          model to serve (default breast_cancer:latest)
+  SERVICE_WORKERS    worker processes (default cpu_count, which follows the cgroup CPU quota)
+  MAX_REQUEST_BYTES  largest accepted request body (default 2 MiB; 1000 batch rows are ~1 MB)
   LOG_LEVEL, LOG_FILE  see bento/logs.py
 """
 
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from loguru import logger
 
 from bento import logs
+from bento.errors import ErrorContractMiddleware
 from bento.features import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME
 from bento.schemas import BatchPrediction, BatchRequest, Features, ModelInfo, Prediction
 
@@ -29,6 +31,8 @@ logs.configure()
 MODEL_TAG = os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest")
 _workers = os.environ.get("SERVICE_WORKERS", "cpu_count")
 WORKERS: int | str = int(_workers) if _workers.isdigit() else _workers
+MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", 2 * 1024 * 1024))
+API_PATHS = frozenset({"/predict", "/predict_batch"})
 
 # Pydantic has already rejected NaN, infinities and non-numbers, so scikit-learn's own per-call
 # input checks are redundant on this path.
@@ -47,9 +51,18 @@ async def model_info() -> ModelInfo:
     return bentoml.get_current_service().info
 
 
+UNAVAILABLE_MESSAGE = f"model {MODEL_TAG} is not loaded; see the service's startup log"
+
+out_of_range_features = bentoml.metrics.Counter(
+    name="out_of_range_features",
+    documentation="Feature values outside the range seen in training (the model extrapolates)",
+    labelnames=["feature", "side"],
+)
+
+
 class ModelUnavailable(bentoml.exceptions.ServiceUnavailable):
     def __init__(self) -> None:
-        super().__init__(f"model {MODEL_TAG} is not loaded; see the service's startup log")
+        super().__init__(UNAVAILABLE_MESSAGE)
 
 
 @bentoml.asgi_app(model_info_app, path="/")
@@ -81,6 +94,9 @@ class BreastCancerClassifier:
         metadata = model_ref.info.metadata
         self.tag = str(model_ref.tag)
         self.threshold = float(metadata["threshold"])
+        stats = metadata["feature_stats"]
+        self.train_min = np.array([stats[name]["min"] for name in FEATURE_NAMES])
+        self.train_max = np.array([stats[name]["max"] for name in FEATURE_NAMES])
         self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **metadata)
         logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=metadata["metrics"]["cross_validation"]).info(
             "loaded model {}", self.tag
@@ -101,8 +117,9 @@ class BreastCancerClassifier:
                 probability_malignant=probability,
                 threshold=self.threshold,
                 model_tag=self.tag,
+                warnings=warnings,
             )
-            for probability in probabilities.tolist()
+            for probability, warnings in zip(probabilities.tolist(), self._range_warnings(features))
         ]
         malignant = sum(prediction.diagnosis == MALIGNANT_LABEL for prediction in predictions)
         logger.bind(
@@ -111,6 +128,20 @@ class BreastCancerClassifier:
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         ).info("predicted")
         return predictions
+
+    def _range_warnings(self, features: np.ndarray) -> list[list[str]]:
+        """Per row, a message for each feature outside its training range; counted in /metrics."""
+        below, above = features < self.train_min, features > self.train_max
+        warnings: list[list[str]] = [[] for _ in range(len(features))]
+        for side, mask, bound_name, bound in (
+            ("below", below, "min", self.train_min),
+            ("above", above, "max", self.train_max),
+        ):
+            for row, column in zip(*np.nonzero(mask)):
+                name = FEATURE_NAMES[column]
+                warnings[row].append(f"{name} is {side} the training range ({bound_name} {bound[column]:g})")
+                out_of_range_features.labels(feature=name, side=side).inc()
+        return warnings
 
     @bentoml.api(route="/predict")
     async def predict(self, features: Features, /) -> Prediction:  # type: ignore[valid-type]
@@ -121,3 +152,17 @@ class BreastCancerClassifier:
     async def predict_batch(self, request: BatchRequest, /) -> BatchPrediction:
         """Diagnose up to 1000 samples in one call; predictions keep the order of the instances."""
         return BatchPrediction(predictions=self._predict(request.instances))
+
+
+def _model_loaded() -> bool:
+    service = bentoml.get_current_service()
+    return service is not None and service.pipeline is not None
+
+
+BreastCancerClassifier.add_asgi_middleware(
+    ErrorContractMiddleware,
+    api_paths=API_PATHS,
+    max_body_bytes=MAX_REQUEST_BYTES,
+    model_ready=_model_loaded,
+    unavailable_message=UNAVAILABLE_MESSAGE,
+)

@@ -7,18 +7,19 @@
 # registry is reachable (these machines and their CI), it builds an equivalent image once with
 # debootstrap and tags it with the same name, so the bento builds unchanged. Set FORCE=1 to rebuild.
 set -euo pipefail
+# shellcheck source=scripts/container-engine.sh
 source "$(dirname "$0")/container-engine.sh"
 
 image="${1:-python:3.11-slim}"
 suite=bookworm          # Debian 12 ships Python 3.11, the bento's Python
 python_minor=3.11
 
-if [[ -z "${FORCE:-}" ]] && $ENGINE image inspect "$image" >/dev/null 2>&1; then
+if [[ -z "${FORCE:-}" ]] && "$ENGINE" image inspect "$image" >/dev/null 2>&1; then
     echo "base image $image: present"
     exit 0
 fi
 # A pull fails within a second where no registry resolves, so trying it first costs nothing.
-if [[ -z "${FORCE:-}" ]] && timeout 300 $ENGINE pull -q "$image" >/dev/null 2>&1; then
+if [[ -z "${FORCE:-}" ]] && timeout 300 "$ENGINE" pull -q "$image" >/dev/null 2>&1; then
     echo "base image $image: pulled"
     exit 0
 fi
@@ -52,11 +53,11 @@ rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/debconf/*-old "$rootfs"
 
 # SSL_CERT_FILE: uv (used by BentoML's Dockerfile) ignores the system store otherwise.
 # PIP_BREAK_SYSTEM_PACKAGES: the Dockerfile pip-installs uv into Debian's system Python.
-tar -C "$rootfs" -c . | quiet $ENGINE import \
+tar -C "$rootfs" -c . | quiet "$ENGINE" import \
     --change "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
     --change "ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt" \
     --change "ENV PIP_BREAK_SYSTEM_PACKAGES=1" \
     --change "LABEL built-by=scripts/build-base-image.sh" \
     --change 'CMD ["python3"]' \
     - "$image"
-$ENGINE image inspect --format "base image $image: built, {{.Size}} bytes" "$image"
+"$ENGINE" image inspect --format "base image $image: built, {{.Size}} bytes" "$image"

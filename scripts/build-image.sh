@@ -11,6 +11,7 @@
 # ENGINE), for tests/container and the workflow; the same lines are printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/container-engine.sh
 source scripts/container-engine.sh
 
 export BENTOML_HOME
@@ -28,9 +29,11 @@ commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
 version=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 bento_tag=$(bentoml build --output tag --label "source_commit=$commit" --label "version=$version" \
     | sed -n 's/^__tag__://p')
-bento_path=$(bentoml get "$bento_tag" --output path)
-model_tag=$(python -c 'import json, sys; print(json.load(sys.stdin)["models"][0]["tag"])' \
-    < <(bentoml get "$bento_tag" --output json))
+bento_info=$(python -c '
+import sys, bentoml
+bento = bentoml.get(sys.argv[1])
+print(bento.path, bento.info.models[0].tag)' "$bento_tag")
+read -r bento_path model_tag <<<"$bento_info"
 echo "bentoml build: $bento_tag with $model_tag in $(elapsed "$start")"
 
 bash scripts/build-base-image.sh "$(awk '/^FROM /{print $2; exit}' "$bento_path/env/docker/Dockerfile")"
@@ -52,9 +55,10 @@ trap 'rm -rf "$context_dir"' EXIT
 )
 echo "bentoml containerize: $image in $(elapsed "$start")"
 
-size=$($ENGINE image inspect --format '{{.Size}}' "$image")
+size=$("$ENGINE" image inspect --format '{{.Size}}' "$image")
 echo "image size: $((size / 1000000)) MB ($size bytes)"
-$ENGINE history --format '{{.Size}}\t{{.CreatedBy}}' "$image" | grep -v '^0' | cut -c 1-100
+"$ENGINE" history --no-trunc --format '{{.Size}}\t{{.CreatedBy}}' "$image" | grep -v '^0' \
+    | sed 's|\t.*/bin/sh -c |\t|' | cut -c 1-110
 
 mkdir -p "$(dirname "$info_file")"
 cat >"$info_file" <<EOF

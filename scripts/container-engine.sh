@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the image scripts: picks the container engine and its settings.
 # ENGINE=docker|podman overrides the choice. Docker wins when its daemon answers (GitHub runners,
 # whose images also carry podman); otherwise podman, with the containers.conf these machines need

@@ -14,9 +14,12 @@ import pytest
 
 from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
-from .conftest import BENTO_PATH, CONTRACT, LIMITS, Container, Engine, Image, cpus
+from .conftest import Image
+from .runner import CONTRACT, LIMITS, Container, Engine, cpus
 
 pytestmark = pytest.mark.slow
+
+BENTO_PATH = "/home/bentoml/bento"  # where BentoML's image keeps the bento (its BENTO_PATH)
 
 
 def test_writable_paths_do_not_shadow_the_bento() -> None:

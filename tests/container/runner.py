@@ -1,0 +1,129 @@
+"""Runs the image the way the Helm chart runs it; used by the container tests and to time start-up.
+
+    python -m tests.container.runner [IMAGE] [RUNS]   # prints container start to /readyz 200, per run
+
+The pod's settings come from k8s/runtime-contract.yaml (uid/gid, writable paths, probes) and the
+chart's default resource limits: read-only root filesystem with a tmpfs only at each writable path,
+all capabilities dropped, no new privileges, host networking on a free port reached only through
+127.0.0.1 (these machines allow no other traffic).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.conftest import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CONTRACT = yaml.safe_load((REPO / "k8s" / "runtime-contract.yaml").read_text())
+LIMITS = yaml.safe_load((REPO / "charts" / "breast-cancer-classifier" / "values.yaml").read_text())["resources"][
+    "limits"
+]
+READY_TIMEOUT = 120  # generous for a loaded CI machine; the measured time is reported, not asserted
+
+
+@dataclass(frozen=True)
+class Engine:
+    name: str  # podman or docker
+    env: dict[str, str]  # the environment to run it with (CONTAINERS_CONF for podman)
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.name, *args], env=self.env, capture_output=True, text=True, check=check, timeout=timeout
+        )
+
+
+@dataclass
+class Container:
+    name: str
+    url: str
+    seconds_to_ready: float
+
+
+class NotReady(Exception):
+    pass
+
+
+def detect_engine() -> Engine:
+    """The engine scripts/container-engine.sh picks, so runs and builds always agree."""
+    probe = subprocess.run(
+        ["bash", "-c", 'source scripts/container-engine.sh && echo "$ENGINE" && echo "${CONTAINERS_CONF:-}"'],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        raise LookupError(f"no container engine: {probe.stderr.strip()}")
+    name, containers_conf = probe.stdout.splitlines()
+    return Engine(name, {**os.environ, **({"CONTAINERS_CONF": containers_conf} if containers_conf else {})})
+
+
+def cpus(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("1", "1.5", "500m") in CPUs."""
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def run_args(image: str, name: str, port: int) -> list[str]:
+    tmpfs = [arg for path in CONTRACT["writablePaths"] for arg in ("--tmpfs", f"{path}:rw,mode=1777")]
+    return [
+        "run", "--detach", "--name", name,
+        "--read-only", *tmpfs,
+        "--user", f"{CONTRACT['uid']}:{CONTRACT['gid']}",
+        "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges",
+        "--cpus", str(cpus(str(LIMITS["cpu"]))),
+        "--memory", LIMITS["memory"].removesuffix("i").lower(),  # 1Gi -> 1g (the engines' g is 2^30)
+        "--network", "host",
+        # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.
+        "--env", f"BENTOML_PORT={port}",
+        image,
+    ]  # fmt: skip
+
+
+def start(engine: Engine, image: str) -> Container:
+    """Start a container and wait for /readyz 200. If it never gets there, remove it and raise
+    NotReady with its logs; otherwise the caller removes it (`rm --force <name>`)."""
+    name = f"bcc-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    engine.run(*run_args(image, name, port))
+    try:
+        poll = 0
+        while time.monotonic() - started < READY_TIMEOUT:
+            poll += 1
+            try:
+                if httpx.get(f"{url}{CONTRACT['probes']['readiness']}", timeout=2).status_code == 200:
+                    return Container(name, url, time.monotonic() - started)
+            except httpx.TransportError:
+                pass
+            # Each engine call costs CPU that the starting service competes for: check once a second.
+            if poll % 10 == 0 and engine.run("inspect", "--format", "{{.State.Running}}", name).stdout.strip() != "true":
+                break
+            time.sleep(0.1)
+        logs = engine.run("logs", name, check=False)
+        raise NotReady(f"container {name} not ready:\n{logs.stdout}\n{logs.stderr}")
+    except BaseException:
+        engine.run("rm", "--force", name, check=False)
+        raise
+
+
+def main(image: str = "breast-cancer-classifier:latest", runs: str = "3") -> None:
+    engine = detect_engine()
+    for run in range(1, int(runs) + 1):
+        container = start(engine, image)
+        engine.run("rm", "--force", container.name)
+        print(f"run {run}: /readyz 200 after {container.seconds_to_ready:.2f} s")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
