@@ -82,6 +82,9 @@ def rewrite_error(status: int, body: bytes, path: str) -> tuple[int, dict[str, A
     return status, error_body(HTTPStatus(status).phrase.lower(), [{"field": "request", "message": str(message or payload)}])
 
 
+_EMPTY_BODY = 400, error_body("empty request body", [{"field": "body", "message": "expected a JSON object"}])
+
+
 class ErrorContractMiddleware:
     def __init__(
         self,
@@ -117,13 +120,15 @@ class ErrorContractMiddleware:
 
     def _check_headers(self, scope: Scope) -> tuple[int, dict[str, Any]] | None:
         headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length == b"0":
+            return _EMPTY_BODY
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
         if content_type != JSON_CONTENT_TYPE:
             return 415, error_body(
                 "unsupported media type",
                 [{"field": "content-type", "message": f"expected {JSON_CONTENT_TYPE}, got {content_type or 'none'}"}],
             )
-        length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
         return None
@@ -149,7 +154,7 @@ class ErrorContractMiddleware:
                 break
         body = b"".join(chunks)
         if not body.strip():
-            return body, (400, error_body("empty request body", [{"field": "body", "message": "expected a JSON object"}]))
+            return body, _EMPTY_BODY
         return body, None
 
     async def _respond(self, send: Send, scope: Scope, status: int, body: dict[str, Any]) -> None:

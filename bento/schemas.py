@@ -13,9 +13,13 @@ from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MAL
 # request's memory and latency (1000 rows is ~1 MB of JSON and a few milliseconds of model time).
 MAX_BATCH_ROWS = 1000
 
+# No WDBC measurement comes near this (the largest in the data set is area_worst = 4254); values
+# beyond it are not measurements, and near float's limit they overflow the model's arithmetic.
+MAX_FEATURE_VALUE = 1e6
+
 # Strict: a JSON string such as "1.5" or a boolean is rejected rather than coerced; integers are
 # accepted as floats. Measurements are never negative, never NaN or infinite.
-FeatureValue = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+FeatureValue = Annotated[float, Field(strict=True, ge=0, le=MAX_FEATURE_VALUE, allow_inf_nan=False)]
 
 Features = create_model(
     "Features",

@@ -13,6 +13,10 @@ if [[ -z "${ENGINE:-}" ]]; then
         exit 3
     fi
 fi
+if ! command -v "$ENGINE" >/dev/null; then
+    echo "container engine $ENGINE not found" >&2
+    exit 3
+fi
 if [[ "$ENGINE" == podman ]]; then
     export CONTAINERS_CONF="${CONTAINERS_CONF:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/containers.conf}"
 fi
