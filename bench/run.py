@@ -56,7 +56,7 @@ end
 class Server:
     name: str
     url: str
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | None  # None for a container
     cold_start_s: float
 
 
@@ -124,6 +124,34 @@ def running(name: str, workers: int, log_dir: Path) -> Iterator[Server]:
             process.kill()
 
 
+@contextmanager
+def running_container(image: str) -> Iterator[Server]:
+    """The image, run exactly as the chart runs it (tests/container/runner.py), 1 CPU limit included."""
+    from tests.container.runner import detect_engine, start
+
+    engine = detect_engine()
+    container = start(engine, image)
+    try:
+        yield Server("container", container.url, None, container.seconds_to_ready)  # type: ignore[arg-type]
+    finally:
+        engine.run("rm", "--force", container.name, check=False)
+
+
+def built_image() -> str | None:
+    """The image `make image` recorded last, if a container engine can still see it."""
+    record = Path(os.environ.get("BENTOML_HOME", REPO_ROOT / ".bentoml")) / "last-image.env"
+    if not record.exists():
+        return None
+    image = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line).get("IMAGE")
+    try:
+        from tests.container.runner import detect_engine
+
+        detect_engine().run("image", "inspect", image)
+    except Exception:  # no engine, or the image was removed
+        return None
+    return image
+
+
 def worker_memory_mb(server: Server) -> list[float]:
     """Resident memory of each worker process (the processes that load the model)."""
     children = psutil.Process(server.process.pid).children(recursive=True)
@@ -182,7 +210,8 @@ def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
         )
     lines += ["", "| server | cold start (process start to /readyz 200) | resident memory per worker |", "|---|---:|---|"]
     for name, info in servers.items():
-        lines.append(f"| {name} | {info['cold_start_s']:.2f} s | {', '.join(f'{m:.0f} MB' for m in info['worker_memory_mb'])} |")
+        memory = ", ".join(f"{m:.0f} MB" for m in info["worker_memory_mb"]) or "n/a"
+        lines.append(f"| {name} | {info['cold_start_s']:.2f} s | {memory} |")
     return "\n".join(lines)
 
 
@@ -202,8 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for name in ("reference", "service"):
-            with running(name, args.workers, workdir) as server:
+        targets = [("reference", lambda: running("reference", args.workers, workdir)),
+                   ("service", lambda: running("service", args.workers, workdir))]
+        if (image := built_image()) is not None:
+            targets.append(("container", lambda: running_container(image)))
+        for name, start in targets:
+            with start() as server:
                 measure(server, "/predict", single, 1, 8, 2, workdir)  # warm-up: imports, caches, JIT-free paths
                 for connections in args.connections:
                     results.append(measure(server, "/predict", single, 1, connections, args.duration, workdir))
@@ -211,12 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                     results.append(
                         measure(server, "/predict_batch", batch_body(rows), rows, args.batch_connections, args.duration, workdir)
                     )
-                servers[name] = {"cold_start_s": round(server.cold_start_s, 2), "worker_memory_mb": worker_memory_mb(server)}
-                if name == "service":
-                    print((workdir / "service.log").read_text()[-2000:] if results[-1].errors else "", end="")
+                memory = worker_memory_mb(server) if server.process is not None else []
+                servers[name] = {"cold_start_s": round(server.cold_start_s, 2), "worker_memory_mb": memory}
 
     table = markdown(results, servers)
-    print(f"workers per server: {args.workers}; {args.duration} s per run; wrk on the same machine\n")
+    print(
+        f"workers per server: {args.workers} (the container: 1, the chart's CPU limit); "
+        f"{args.duration} s per run; wrk on the same machine\n"
+    )
     print(table)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}.json"

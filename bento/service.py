@@ -18,10 +18,11 @@ from operator import attrgetter
 import bentoml
 import numpy as np
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from loguru import logger
 
 from bento import logs
-from bento.errors import ErrorContractMiddleware
+from bento.errors import ErrorContractMiddleware, error_body
 from bento.features import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME
 from bento.schemas import BatchPrediction, BatchRequest, Features, ModelInfo, Prediction
 
@@ -40,13 +41,16 @@ _feature_values = attrgetter(*FEATURE_NAMES)
 model_info_app = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+UNAVAILABLE_MESSAGE = f"model {MODEL_TAG} is not loaded; see the service's startup log"
+
+
 @model_info_app.get("/model", response_model=ModelInfo, tags=["Service APIs"])
-async def model_info() -> ModelInfo:
+async def model_info() -> ModelInfo | JSONResponse:
     """The served model: tag, creation time, metrics, decision threshold and feature names."""
+    if not _model_loaded():
+        return JSONResponse(error_body("model unavailable", [{"field": "model", "message": UNAVAILABLE_MESSAGE}]), 503)
     return bentoml.get_current_service().info
 
-
-UNAVAILABLE_MESSAGE = f"model {MODEL_TAG} is not loaded; see the service's startup log"
 
 out_of_range_features = bentoml.metrics.Counter(
     name="out_of_range_features",

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the bento (bentofile.yaml) and its container image, tagged <repository>:<bento version> and
+# Builds the bento (bentofile.yaml) and its container image, tagged <repository>:<bento version>,
+# <repository>:<service version> (pyproject.toml; the Helm chart's default tag, its appVersion) and
 # <repository>:latest, then prints the image size. `make image` runs it once the model is trained.
 #
 #   IMAGE_REPOSITORY  image repository (default breast-cancer-classifier)
@@ -49,7 +50,8 @@ trap 'rm -rf "$context_dir"' EXIT
     cd "$context_dir"
     # Host networking: these machines allow no traffic from the engine's bridge network.
     TMPDIR="$context_dir" bentoml containerize "$bento_tag" --backend "$ENGINE" \
-        --image-tag "$image" --image-tag "$repository:latest" --opt network=host \
+        --image-tag "$image" --image-tag "$repository:$version" --image-tag "$repository:latest" \
+        --opt network=host \
         --opt "label=model_tag=$model_tag" --opt "label=bento_tag=$bento_tag" \
         --opt "label=source_commit=$commit" --opt "label=version=$version"
 )

@@ -162,5 +162,7 @@ def test_missing_model_is_not_ready_and_answers_503(unavailable_server) -> None:
         assert response.status_code == 503
         detail = assert_error_shape(response)["detail"]
         assert "breast_cancer:doesnotexist" in detail[0]["message"]
+    response = httpx.get(f"{url}/model")
+    assert response.status_code == 503 and assert_error_shape(response)["error"] == "model unavailable"
     log = unavailable_server.log()
     assert "breast_cancer:doesnotexist not found" in log and "make train" in log

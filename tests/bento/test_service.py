@@ -104,3 +104,14 @@ def test_prediction_log_lines_are_json_without_feature_values(server) -> None:
     assert str(MALIGNANT_EXAMPLE["area_worst"]) not in server.log()
     loaded = [line for line in lines if line["message"].startswith("loaded model")]
     assert loaded and "roc_auc" in loaded[0]["metrics"]
+
+
+def test_bentoml_python_client(server) -> None:
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server.url) as bento_client:
+        assert bento_client.predict(MALIGNANT_EXAMPLE)["diagnosis"] == "malignant"
+        batch = bento_client.predict_batch({"instances": [BENIGN_EXAMPLE, MALIGNANT_EXAMPLE]})
+        assert [p["diagnosis"] for p in batch["predictions"]] == ["benign", "malignant"]
+        with pytest.raises(bentoml.exceptions.BentoMLException, match="radius_mean"):
+            bento_client.predict({**MALIGNANT_EXAMPLE, "radius_mean": -1})
