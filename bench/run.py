@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for both servers")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch-connections", type=int, default=8)
+    parser.add_argument("--no-container", action="store_true", help="skip the image even if one is built")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install wrk", file=sys.stderr)
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         targets = [("reference", lambda: running("reference", args.workers, workdir)),
                    ("service", lambda: running("service", args.workers, workdir))]
-        if (image := built_image()) is not None:
+        if not args.no_container and (image := built_image()) is not None:
             targets.append(("container", lambda: running_container(image)))
         for name, start in targets:
             with start() as server:

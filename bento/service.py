@@ -119,16 +119,17 @@ class BreastCancerClassifier:
             raise ModelUnavailable()
         started = time.perf_counter()
         features = np.array([_feature_values(row) for row in rows], dtype=np.float64)
-        probabilities = self.pipeline.predict_proba(features)[:, 1]
+        probabilities = self.pipeline.predict_proba(features)[:, 1].tolist()
+        warnings = self._range_warnings(features)
         predictions = [
             Prediction(
                 diagnosis=MALIGNANT_LABEL if probability >= self.threshold else BENIGN_LABEL,
                 probability_malignant=probability,
                 threshold=self.threshold,
                 model_tag=self.tag,
-                warnings=warnings,
+                warnings=warnings.get(row, []),
             )
-            for probability, warnings in zip(probabilities.tolist(), self._range_warnings(features))
+            for row, probability in enumerate(probabilities)
         ]
         malignant = sum(prediction.diagnosis == MALIGNANT_LABEL for prediction in predictions)
         logger.bind(
@@ -138,17 +139,18 @@ class BreastCancerClassifier:
         ).info("predicted")
         return predictions
 
-    def _range_warnings(self, features: np.ndarray) -> list[list[str]]:
-        """Per row, a message for each feature outside its training range; counted in /metrics."""
-        below, above = features < self.train_min, features > self.train_max
-        warnings: list[list[str]] = [[] for _ in range(len(features))]
+    def _range_warnings(self, features: np.ndarray) -> dict[int, list[str]]:
+        """Messages for the rows with features outside their training range; counted in /metrics."""
+        warnings: dict[int, list[str]] = {}
         for side, mask, bound_name, bound in (
-            ("below", below, "min", self.train_min),
-            ("above", above, "max", self.train_max),
+            ("below", features < self.train_min, "min", self.train_min),
+            ("above", features > self.train_max, "max", self.train_max),
         ):
             for row, column in zip(*np.nonzero(mask)):
                 name = FEATURE_NAMES[column]
-                warnings[row].append(f"{name} is {side} the training range ({bound_name} {bound[column]:g})")
+                warnings.setdefault(int(row), []).append(
+                    f"{name} is {side} the training range ({bound_name} {bound[column]:g})"
+                )
                 out_of_range_features.labels(feature=name, side=side).inc()
         return warnings
 
