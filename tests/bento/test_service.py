@@ -5,9 +5,11 @@ from __future__ import annotations
 import httpx
 import pandas as pd
 import pytest
+import yaml
 
 from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
 from bento.schemas import MAX_BATCH_ROWS
+from tests.conftest import REPO_ROOT
 from training.dataset import write_csv
 
 
@@ -60,9 +62,11 @@ def test_model_info(client: httpx.Client) -> None:
     assert 0 < info["threshold"] <= 0.5
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
-def test_probes_and_metrics(client: httpx.Client, path: str) -> None:
-    assert client.get(path).status_code == 200
+@pytest.mark.parametrize("probe", ["liveness", "readiness", "metrics"])
+def test_probe_paths_of_the_runtime_contract_are_served(client: httpx.Client, probe: str) -> None:
+    """The chart points its probes at these paths (k8s/runtime-contract.yaml): they must answer."""
+    contract = yaml.safe_load((REPO_ROOT / "k8s" / "runtime-contract.yaml").read_text())
+    assert client.get(contract["probes"][probe]).status_code == 200
 
 
 def test_metrics_count_predictions(client: httpx.Client) -> None:
