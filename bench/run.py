@@ -139,7 +139,7 @@ def running_container(image: str) -> Iterator[Server]:
 
 def built_image() -> str | None:
     """The image `make image` recorded last, if a container engine can still see it."""
-    record = Path(os.environ.get("BENTOML_HOME", REPO_ROOT / ".bentoml")) / "last-image.env"
+    record = Path(os.environ.get("IMAGE_INFO_FILE", REPO_ROOT / ".bentoml" / "last-image.env"))  # build-image.sh
     if not record.exists():
         return None
     image = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line).get("IMAGE")

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
 # Rows per /predict_batch request: enough for any clinical batch, small enough to bound a
-# request's memory and latency (1000 rows is ~1 MB of JSON and a few milliseconds of model time).
+# request's memory and latency (1000 rows is ~0.8 MB of JSON and a few milliseconds of model time).
 MAX_BATCH_ROWS = 1000
 
 # No WDBC measurement comes near this (the largest in the data set is area_worst = 4254); values

@@ -5,7 +5,7 @@
 Environment:
   MODEL_TAG          model to serve (default breast_cancer:latest)
   SERVICE_WORKERS    worker processes (default cpu_count, which follows the cgroup CPU quota)
-  MAX_REQUEST_BYTES  largest accepted request body (default 2 MiB; 1000 batch rows are ~1 MB)
+  MAX_REQUEST_BYTES  largest accepted request body (default 2 MiB; 1000 batch rows are ~0.8 MB)
   LOG_LEVEL, LOG_FILE  see bento/logs.py
 """
 
@@ -87,26 +87,30 @@ class BreastCancerClassifier:
         # Pydantic has already rejected NaN, infinities and non-numbers, so scikit-learn's own
         # per-call input checks are redundant on this path.
         sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
+        self.pipeline = None  # until everything below has worked: never ready with half a model
         try:
-            model_ref = bentoml.models.get(MODEL_TAG)
-            self.pipeline = bentoml.sklearn.load_model(model_ref)
+            self._load(bentoml.models.get(MODEL_TAG))
         except bentoml.exceptions.NotFound:
             # Stay up but never ready, so Kubernetes keeps traffic away and the reason is logged.
-            self.pipeline = None
             logger.error(
                 "model {} not found in the BentoML model store under {}: train it with "
-                "`make train` (or `python -m training.train`), or set MODEL_TAG to a model that exists",
+                "`make train` (or `python -m training.train` with the same BENTOML_HOME), "
+                "or set MODEL_TAG to a model that exists",
                 MODEL_TAG,
                 os.environ.get("BENTOML_HOME", "~/bentoml"),
             )
-            return
+        except Exception:  # an invalid tag, a corrupt model, metadata from an older training run
+            logger.exception("model {} could not be loaded; the service stays unready", MODEL_TAG)
+
+    def _load(self, model_ref: bentoml.Model) -> None:
         metadata = model_ref.info.metadata
+        stats = metadata["feature_stats"]
         self.tag = str(model_ref.tag)
         self.threshold = float(metadata["threshold"])
-        stats = metadata["feature_stats"]
         self.train_min = np.array([stats[name]["min"] for name in FEATURE_NAMES])
         self.train_max = np.array([stats[name]["max"] for name in FEATURE_NAMES])
         self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **metadata)
+        self.pipeline = bentoml.sklearn.load_model(model_ref)
         logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=metadata["metrics"]["cross_validation"]).info(
             "loaded model {}", self.tag
         )
@@ -119,7 +123,11 @@ class BreastCancerClassifier:
             raise ModelUnavailable()
         started = time.perf_counter()
         features = np.array([_feature_values(row) for row in rows], dtype=np.float64)
-        probabilities = self.pipeline.predict_proba(features)[:, 1].tolist()
+        probabilities = self.pipeline.predict_proba(features)[:, 1]
+        if not np.isfinite(probabilities).all():
+            # Inputs are bounded, so this is a bug on our side: a 500, never the client's 4xx that
+            # BentoML would make of the output model's validation error.
+            raise RuntimeError("the model produced a non-finite probability")
         warnings = self._range_warnings(features)
         predictions = [
             Prediction(
@@ -129,7 +137,7 @@ class BreastCancerClassifier:
                 model_tag=self.tag,
                 warnings=warnings.get(row, []),
             )
-            for row, probability in enumerate(probabilities)
+            for row, probability in enumerate(probabilities.tolist())
         ]
         malignant = sum(prediction.diagnosis == MALIGNANT_LABEL for prediction in predictions)
         logger.bind(

@@ -192,13 +192,20 @@ class Cluster:
         return self.api.sanitize_for_serialization(found)["items"]
 
     def one(self, list_call, kind: str) -> dict:
+        found = self.optional(list_call, kind)
+        if found is None:
+            raise VerificationError(f"expected one {kind} labelled {self.selector} in {self.namespace}, found none")
+        return found
+
+    def optional(self, list_call, kind: str) -> dict | None:
+        """The release's one object of this kind, or None when the chart's values rendered none."""
         items = self._items(list_call, self.selector)
-        if len(items) != 1:
+        if len(items) > 1:
             names = [item["metadata"]["name"] for item in items]
             raise VerificationError(
-                f"expected one {kind} labelled {self.selector} in {self.namespace}, found {names}"
+                f"expected at most one {kind} labelled {self.selector} in {self.namespace}, found {names}"
             )
-        return items[0]
+        return items[0] if items else None
 
     def deployment(self) -> dict:
         return self.one(self.apps.list_namespaced_deployment, "Deployment")
@@ -251,7 +258,8 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
     last = ""
     while True:
         deployment = cluster.deployment()
-        hpa = cluster.one(cluster.autoscaling.list_namespaced_horizontal_pod_autoscaler, "HPA")
+        # Both are optional in the chart (autoscaling.enabled, podDisruptionBudget.enabled).
+        hpa = cluster.optional(cluster.autoscaling.list_namespaced_horizontal_pod_autoscaler, "HPA")
         done, message = rollout_status(deployment, hpa)
         if message != last:
             print(f"verify: {message}", flush=True)
@@ -262,12 +270,17 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
             raise VerificationError(f"rollout did not finish within {timeout:.0f}s: {message}")
         time.sleep(poll)
 
-    pdb = cluster.one(cluster.policy.list_namespaced_pod_disruption_budget, "PDB")
+    pdb = cluster.optional(cluster.policy.list_namespaced_pod_disruption_budget, "PDB")
     pods = [p for p in cluster.pods(deployment) if not p["metadata"].get("deletionTimestamp")]
-    problems = hpa_problems(hpa, deployment) + pdb_problems(pdb, deployment) + pod_problems(pods)
+    problems = (
+        (hpa_problems(hpa, deployment) if hpa else [])
+        + (pdb_problems(pdb, deployment) if pdb else [])
+        + pod_problems(pods)
+    )
     if problems:
         raise VerificationError("; ".join(problems))
-    print(f"verify: the HPA and the PDB target {deployment['metadata']['name']}; {len(pods)} pods are Ready")
+    targets = " and ".join(kind for kind, obj in (("the HPA", hpa), ("the PDB", pdb)) if obj) or "no HPA or PDB"
+    print(f"verify: {targets} target {deployment['metadata']['name']}; {len(pods)} pods are Ready")
 
     port = http_port(deployment)
     for pod in (p["metadata"]["name"] for p in pods):

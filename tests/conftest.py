@@ -7,6 +7,7 @@ a temporary store so the tests never touch the project's own store.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -14,12 +15,28 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVICE = "bento.service:BreastCancerClassifier"
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """A missing tool skips the test on a laptop, and fails it in CI (.ci/run installs everything)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_tool(name: str, how_to_install: str = "run `make tools` and put .tools/bin on PATH") -> str:
+    """The tool's path on PATH, or skip/fail (see skip_or_fail)."""
+    path = shutil.which(name)
+    if path is None:
+        skip_or_fail(f"{name} is not on PATH: {how_to_install}")
+    return path
 
 
 def free_port() -> int:

@@ -24,6 +24,8 @@ LABEL_COLUMN = "diagnosis"
 ID_COLUMN = "id"
 # The CSV's letters and the model's classes: malignant is the positive class.
 LABEL_CODES = {"M": 1, "B": 0}
+# Enough of each class for a stratified 80/20 split and 5-fold cross-validation of the 80 %.
+MIN_ROWS_PER_CLASS = 10
 
 
 class DatasetError(ValueError):
@@ -57,7 +59,10 @@ def write_csv(path: Path = DEFAULT_CSV) -> Path:
 def load_csv(path: Path) -> Dataset:
     """Read a WDBC-layout CSV; raise DatasetError naming the column and row of the first problem."""
     raw = path.read_bytes()
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{path}: the file is empty") from None
     frame = frame.loc[:, [column for column in frame.columns if _has_data(frame[column])]]
 
     missing = [column for column in (LABEL_COLUMN, *FEATURE_NAMES) if column not in frame.columns]
@@ -74,6 +79,14 @@ def load_csv(path: Path) -> Dataset:
             f"{path}: column '{LABEL_COLUMN}', row {row}: "
             f"expected M or B, got {frame[LABEL_COLUMN].iloc[row - 1]!r}"
         )
+
+    counts = labels.value_counts()
+    for letter in LABEL_CODES:
+        if counts.get(letter, 0) < MIN_ROWS_PER_CLASS:
+            raise DatasetError(
+                f"{path}: column '{LABEL_COLUMN}' has {counts.get(letter, 0)} {letter} rows; "
+                f"training needs at least {MIN_ROWS_PER_CLASS} of each of M and B"
+            )
 
     features = pd.DataFrame({name: _numeric_column(frame, name, path) for name in FEATURE_NAMES})
     return Dataset(

@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, require_tool
 
 
 @pytest.mark.slow
 def test_benchmark_harness_prints_the_table(model_store: Path) -> None:
-    if shutil.which("wrk") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("wrk is missing: .ci/run installs it")
-        pytest.skip("wrk is not installed (apt-get install wrk)")
+    require_tool("wrk", "apt-get install wrk (.ci/run does)")
     result = subprocess.run(
         [sys.executable, "-m", "bench.run", "--duration", "1", "--connections", "8", "--no-container"],
         cwd=REPO_ROOT,

@@ -141,28 +141,34 @@ def test_rejections_are_logged_as_warnings_without_the_payload(client: httpx.Cli
     assert not [line for line in lines if line["level"] == "ERROR"], "a client error was logged as a server error"
 
 
-@pytest.fixture(scope="module")
-def unavailable_server(model_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(
-        model_store, tmp_path_factory.mktemp("missing") / "serve.log", MODEL_TAG="breast_cancer:doesnotexist"
-    )
+UNAVAILABLE_MODELS = {
+    # MODEL_TAG: what the startup log must say
+    "breast_cancer:doesnotexist": ["breast_cancer:doesnotexist not found", "make train"],
+    "not a valid tag!": ["not a valid tag! could not be loaded", "Traceback"],
+}
+
+
+@pytest.fixture(scope="module", params=sorted(UNAVAILABLE_MODELS))
+def unavailable_server(request, model_store: Path, tmp_path_factory: pytest.TempPathFactory):
+    server = start_server(model_store, tmp_path_factory.mktemp("unavailable") / "serve.log", MODEL_TAG=request.param)
     try:
         wait_until_listening(server)
-        yield server
+        yield server, request.param
     finally:
         stop_server(server)
 
 
-def test_missing_model_is_not_ready_and_answers_503(unavailable_server) -> None:
-    url = unavailable_server.url
+def test_unavailable_model_is_not_ready_and_answers_503(unavailable_server) -> None:
+    server, tag = unavailable_server
+    url = server.url
     assert httpx.get(f"{url}/livez").status_code == 200
     assert httpx.get(f"{url}/readyz").status_code == 503
     for path, body in (("/predict", MALIGNANT_EXAMPLE), ("/predict_batch", {"instances": [MALIGNANT_EXAMPLE]})):
         response = httpx.post(f"{url}{path}", json=body)
         assert response.status_code == 503
         detail = assert_error_shape(response)["detail"]
-        assert "breast_cancer:doesnotexist" in detail[0]["message"]
+        assert tag in detail[0]["message"]
     response = httpx.get(f"{url}/model")
     assert response.status_code == 503 and assert_error_shape(response)["error"] == "model unavailable"
-    log = unavailable_server.log()
-    assert "breast_cancer:doesnotexist not found" in log and "make train" in log
+    log = server.log()
+    assert all(expected in log for expected in UNAVAILABLE_MODELS[tag]), log

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import pytest
@@ -74,6 +73,7 @@ def test_fuzzed_requests_never_get_a_server_error(api_schema, server, method, pa
     fuzz()
 
 
+@pytest.mark.slow  # it reads what the (slow) fuzzing above recorded
 def test_service_is_healthy_after_fuzzing(client: httpx.Client) -> None:
     total = sum(status_codes.values())
     report = REPO_ROOT / "reports" / "fuzz-status-codes.json"

@@ -7,13 +7,13 @@ helm and checkov come from scripts/install-tools.sh (`make tools`, which `make t
 from __future__ import annotations
 
 import functools
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "breast-cancer-classifier"
@@ -29,19 +29,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test taking `config` runs once per configuration: default values and each ci/ file."""
     if "config" in metafunc.fixturenames:
         metafunc.parametrize("config", list(VALUES_FILES))
-
-
-def require_tool(name: str) -> str:
-    """The tool's path; a missing tool skips the test on a laptop and fails it in CI."""
-    path = shutil.which(name)
-    if path is None:
-        message = (
-            f"{name} is not on PATH: run `make tools` (scripts/install-tools.sh) and put .tools/bin on PATH"
-        )
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def run_helm(*args: str | Path) -> subprocess.CompletedProcess[str]:

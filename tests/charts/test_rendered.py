@@ -29,7 +29,7 @@ def selects(selector: dict, labels: dict) -> bool:
 def test_probes_use_the_contract_paths_on_the_named_port(objects, one, config, contract):
     _, _, container = deployment_parts(objects(config), one)
     expected = {
-        "startupProbe": contract["probes"]["readiness"],
+        "startupProbe": contract["probes"]["liveness"],
         "livenessProbe": contract["probes"]["liveness"],
         "readinessProbe": contract["probes"]["readiness"],
     }
@@ -147,8 +147,8 @@ def test_env_vars_are_the_contract_ones(objects, one, config, contract):
 
 @pytest.mark.parametrize(
     ("cpu_limit", "workers"),
-    [("100m", 1), ("500m", 1), ("1000m", 1), ("1001m", 2), ("1500m", 2)]
-    + [("1", 1), ("2", 2), (2, 2), (2.5, 3), ("0.5", 1)],
+    [("100m", 1), ("500m", 1), ("1000m", 1), ("1999m", 1), ("1500m", 1), ("2000m", 2)]
+    + [("1", 1), ("2", 2), (2, 2), (2.5, 2), ("0.5", 1), ("3", 3)],
 )
 def test_service_workers_follow_the_cpu_limit(objects, one, cpu_limit, workers):
     docs = objects("default", "--set-json", f"resources.limits.cpu={json.dumps(cpu_limit)}")

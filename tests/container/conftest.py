@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 from .runner import REPO, Container, Engine, NotReady, detect_engine, start
 
 
@@ -32,9 +34,7 @@ def engine() -> Engine:
     try:
         return detect_engine()
     except LookupError as error:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(str(error))
-        pytest.skip(str(error))
+        skip_or_fail(str(error))
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import filecmp
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
+
+from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -35,11 +35,7 @@ def by_kind(docs: list[dict]) -> dict[str, dict]:
 
 
 def test_generated_files_match_a_fresh_render(tmp_path):
-    if shutil.which("helm") is None:
-        message = "helm is not on PATH: run `make tools` and put .tools/bin on PATH"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+    require_tool("helm")
     result = subprocess.run(
         ["bash", REPO / "scripts" / "render-manifests.sh", tmp_path],
         capture_output=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import socket
 import subprocess
 from pathlib import Path
@@ -21,23 +20,18 @@ from kubernetes import client
 
 from bento.features import BENIGN_LABEL, MALIGNANT_LABEL
 from k8s import verify
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "breast-cancer-classifier"
-HELM = ROOT / ".tools" / "bin" / "helm"
 RELEASE = "breast-cancer-classifier"
 
 
 @pytest.fixture(scope="module")
 def rendered() -> dict[str, list[dict]]:
     """The chart's default objects by kind, as `helm template` renders them."""
-    if not HELM.exists():
-        message = f"{HELM} is missing: run `make tools` (scripts/install-tools.sh)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
     out = subprocess.run(
-        [HELM, "template", RELEASE, CHART, "--namespace", "verify-test"],
+        [require_tool("helm"), "template", RELEASE, CHART, "--namespace", "verify-test"],
         check=True,
         capture_output=True,
         text=True,
@@ -229,3 +223,40 @@ def test_without_a_cluster_it_exits_1_with_the_reason(tmp_path, monkeypatch, cap
     assert verify.main(["--release", RELEASE, "--namespace", "prod"]) == 1
     err = capsys.readouterr().err
     assert f"verify: FAILED: release {RELEASE} in prod: ConfigException" in err
+
+
+class FakeCluster:
+    """Just the API surface verify() uses, answering with rendered objects."""
+
+    def __init__(self, deployment: dict, hpa: dict | None, pdb: dict | None, diagnose=None):
+        self._deployment, self._by_call = deployment, {"hpa": hpa, "pdb": pdb}
+        self.autoscaling = type("Api", (), {"list_namespaced_horizontal_pod_autoscaler": "hpa"})()
+        self.policy = type("Api", (), {"list_namespaced_pod_disruption_budget": "pdb"})()
+        self.diagnose = diagnose or (lambda row: MALIGNANT_LABEL if row["radius_mean"] > 15 else BENIGN_LABEL)
+
+    def deployment(self) -> dict:
+        return self._deployment
+
+    def optional(self, list_call, kind: str) -> dict | None:
+        return self._by_call[list_call]
+
+    def pods(self, deployment: dict) -> list[dict]:
+        return [pod_of(deployment, f"{RELEASE}-5d4f-{i}") for i in range(deployment["spec"]["replicas"])]
+
+    def predict(self, pod: str, port: int, payload: dict) -> tuple[int, str]:
+        return 200, json.dumps({"diagnosis": self.diagnose(payload)})
+
+
+@pytest.mark.parametrize("with_hpa_and_pdb", [True, False], ids=["default values", "autoscaling and PDB off"])
+def test_verify_runs_every_check_on_a_release(deployment, hpa, pdb, capsys, with_hpa_and_pdb):
+    cluster = FakeCluster(deployment, hpa if with_hpa_and_pdb else None, pdb if with_hpa_and_pdb else None)
+    assert verify.verify(cluster, timeout=1, poll=0) == deployment["metadata"]["name"]
+    out = capsys.readouterr().out
+    assert ("the HPA and the PDB target" in out) is with_hpa_and_pdb
+    assert out.count("diagnosed the known malignant and benign rows correctly") == deployment["spec"]["replicas"]
+
+
+def test_verify_fails_on_a_wrong_answer(deployment, hpa, pdb):
+    cluster = FakeCluster(deployment, hpa, pdb, diagnose=lambda row: BENIGN_LABEL)
+    with pytest.raises(verify.VerificationError, match="malignant"):
+        verify.verify(cluster, timeout=1, poll=0)

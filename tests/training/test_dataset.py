@@ -69,3 +69,16 @@ def test_unknown_diagnosis_names_the_row(bundled_csv: Path, tmp_path: Path) -> N
     path = _rewrite(bundled_csv, tmp_path / "x.csv", edit)
     with pytest.raises(DatasetError, match=r"column 'diagnosis', row 7: expected M or B, got 'X'"):
         load_csv(path)
+
+
+def test_empty_file_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DatasetError, match="the file is empty"):
+        load_csv(path)
+
+
+def test_a_single_class_is_reported(bundled_csv: Path, tmp_path: Path) -> None:
+    path = _rewrite(bundled_csv, tmp_path / "x.csv", lambda f: f.drop(f.index[f["diagnosis"] == "M"], inplace=True))
+    with pytest.raises(DatasetError, match="has 0 M rows"):
+        load_csv(path)

@@ -85,15 +85,16 @@ Image reference: repository@digest when a digest is given (immutable), else repo
 {{- end }}
 
 {{/*
-BentoML worker processes: ceil(resources.limits.cpu), at least 1. Accepts "500m", "1500m", "2", 2
-and 0.5. Without this BentoML starts one worker per node core, which a CPU limit then throttles.
+BentoML worker processes: floor(resources.limits.cpu), at least 1, the rule BentoML's own cpu_count
+applies to a cgroup quota (so a 1500m pod never runs 2 workers throttled to 1.5 CPUs). Accepts "500m",
+"1500m", "2", 2 and 0.5. Without this BentoML starts one worker per node core.
 */}}
 {{- define "breast-cancer-classifier.workers" -}}
 {{- $cpu := toString .Values.resources.limits.cpu }}
 {{- if hasSuffix "m" $cpu }}
-{{- max 1 (div (add (trimSuffix "m" $cpu | atoi) 999) 1000) }}
+{{- max 1 (div (trimSuffix "m" $cpu | atoi) 1000) }}
 {{- else }}
-{{- max 1 (ceil (float64 $cpu)) }}
+{{- max 1 (floor (float64 $cpu)) }}
 {{- end }}
 {{- end }}
 
