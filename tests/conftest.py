@@ -127,7 +127,9 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(model_store, tmp_path_factory.mktemp("serve") / "serve.log")
+    logs = tmp_path_factory.mktemp("serve")
+    # LOG_FILE on, as a user asking for the rotating file would: tests read both stdout and the file.
+    server = start_server(model_store, logs / "serve.log", LOG_FILE=str(logs / "logs" / "api.log"))
     try:
         wait_until_ready(server)
         yield server

@@ -110,6 +110,16 @@ def test_prediction_log_lines_are_json_without_feature_values(server) -> None:
     assert loaded and "roc_auc" in loaded[0]["metrics"]
 
 
+def test_log_file_gets_the_same_json_lines(client: httpx.Client, server) -> None:
+    import json
+
+    client.post("/predict", json=BENIGN_EXAMPLE)
+    log_file = server.log_path.parent / "logs" / "api.log"
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(line["message"] == "predicted" and line["latency_ms"] >= 0 for line in lines)
+    assert any(line["message"].startswith("loaded model") for line in lines)
+
+
 def test_bentoml_python_client(server) -> None:
     import bentoml
 
