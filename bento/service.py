@@ -31,7 +31,7 @@ logs.configure()
 MODEL_TAG = os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest")
 _workers = os.environ.get("SERVICE_WORKERS", "cpu_count")
 WORKERS: int | str = int(_workers) if _workers.isdigit() else _workers
-MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", 2 * 1024 * 1024))
+MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", str(2 * 1024 * 1024)))
 API_PATHS = frozenset({"/predict", "/predict_batch"})
 
 _feature_values = attrgetter(*FEATURE_NAMES)

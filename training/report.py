@@ -9,9 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; training runs on machines without a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 if TYPE_CHECKING:
     from training.train import TrainingRun

@@ -147,7 +147,7 @@ def evaluate_holdout(model: TrainedModel, features: np.ndarray, labels: np.ndarr
         labels, predictions, labels=[0, 1], target_names=CLASS_NAMES, output_dict=True, zero_division=0
     )
     return {
-        "rows": int(len(labels)),
+        "rows": len(labels),
         "accuracy": float(accuracy_score(labels, predictions)),
         "roc_auc": float(roc_auc_score(labels, probabilities)),
         "per_class": {
@@ -204,8 +204,8 @@ def _train(data: Dataset, seed: int) -> TrainingRun:
         "feature_stats": feature_statistics(train_x),
         "dataset_sha256": data.sha256,
         "dataset_rows": len(data),
-        "train_rows": int(len(train_y)),
-        "test_rows": int(len(test_y)),
+        "train_rows": len(train_y),
+        "test_rows": len(test_y),
         "seed": seed,
         "sklearn_version": sklearn.__version__,
         "bentoml_version": bentoml.__version__,
