@@ -67,7 +67,6 @@ image: model
 	bash scripts/build-image.sh
 
 bench: model
-	@command -v wrk >/dev/null || { echo "make bench needs wrk, the load generator: sudo apt-get install wrk" >&2; exit 2; }
 	$(PY) -m bench.run
 
 lock: $(UV)

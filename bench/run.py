@@ -27,6 +27,7 @@ import httpx
 import psutil
 
 from bento.features import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -74,14 +75,6 @@ class LoadResult:
     errors: int
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _commands(workers: int, port: int) -> dict[str, list[str]]:
     python = sys.executable
     return {
@@ -97,8 +90,8 @@ def _commands(workers: int, port: int) -> dict[str, list[str]]:
 @contextmanager
 def running(name: str, workers: int, log_dir: Path) -> Iterator[Server]:
     """Start a server, time process start to the first /readyz 200, stop it afterwards."""
-    port = _free_port()
-    env = {**os.environ, "SERVICE_WORKERS": str(workers), "LOG_LEVEL": "WARNING"}
+    port = free_port()
+    env = {**os.environ, "SERVICE_WORKERS": str(workers)}  # logging as `make serve`: INFO, a line per prediction
     log = (log_dir / f"{name}.log").open("wb")
     started = time.perf_counter()
     process = subprocess.Popen(_commands(workers, port)[name], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
@@ -132,7 +125,7 @@ def running_container(image: str) -> Iterator[Server]:
     engine = detect_engine()
     container = start(engine, image)
     try:
-        yield Server("container", container.url, None, container.seconds_to_ready)  # type: ignore[arg-type]
+        yield Server("container", container.url, None, container.seconds_to_ready)
     finally:
         engine.run("rm", "--force", container.name, check=False)
 
@@ -224,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-container", action="store_true", help="skip the image even if one is built")
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        print("make bench needs wrk, the load generator: sudo apt-get install wrk", file=sys.stderr)
         return 2
 
     single = json.dumps(MALIGNANT_EXAMPLE).encode()

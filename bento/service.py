@@ -59,11 +59,6 @@ out_of_range_features = bentoml.metrics.Counter(
 )
 
 
-class ModelUnavailable(bentoml.exceptions.ServiceUnavailable):
-    def __init__(self) -> None:
-        super().__init__(UNAVAILABLE_MESSAGE)
-
-
 @bentoml.asgi_app(model_info_app, path="/")
 @bentoml.service(
     name="breast_cancer_classifier",
@@ -119,8 +114,7 @@ class BreastCancerClassifier:
         return self.pipeline is not None
 
     def _predict(self, rows: list[Features]) -> list[Prediction]:  # type: ignore[valid-type]
-        if self.pipeline is None:
-            raise ModelUnavailable()
+        # No model-loaded check here: ErrorContractMiddleware answers 503 before a request gets this far.
         started = time.perf_counter()
         features = np.array([_feature_values(row) for row in rows], dtype=np.float64)
         probabilities = self.pipeline.predict_proba(features)[:, 1]
