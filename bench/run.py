@@ -1,10 +1,11 @@
 """Benchmark the service against a bare Starlette + uvicorn reference, in the same run (`make bench`).
 
-    python -m bench.run [--duration 10] [--workers 2] [--connections 1 8 32]
+    python -m bench.run [--duration 5] [--repeats 3] [--workers 2] [--connections 1 8 32]
 
 Both servers run with the same number of workers, load the same model from the same BentoML store
-and are driven by wrk on the same machine, one at a time. Absolute numbers depend on the machine
-(wrk shares its cores), so the table reports the service / reference ratio measured side by side.
+and are driven by wrk on the same machine, one at a time, alternating round by round. Absolute
+numbers depend on the machine (wrk shares its cores and the machine drifts), so the table reports
+the median of each point's rounds and the median of the per-round service / reference ratios.
 Prints a Markdown table and writes the raw numbers to bench/results/<timestamp>.json.
 """
 
@@ -14,12 +15,13 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +75,8 @@ class LoadResult:
     p90_ms: float
     p99_ms: float
     errors: int
+    ratio: float | None = None  # service / reference: the median of the per-round ratios
+
 
 
 def _commands(workers: int, port: int) -> dict[str, list[str]]:
@@ -189,14 +193,12 @@ def batch_body(rows: int) -> bytes:
 
 
 def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
-    reference = {(r.endpoint, r.connections, r.rows_per_request): r for r in results if r.server == "reference"}
     lines = [
         "| endpoint | rows/request | connections | server | requests/s | rows/s | p50 ms | p90 ms | p99 ms | errors | service / reference |",
         "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        ref = reference.get((r.endpoint, r.connections, r.rows_per_request))
-        ratio = f"{r.requests_per_s / ref.requests_per_s:.2f}" if r.server == "service" and ref else ""
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else ""
         lines.append(
             f"| {r.endpoint} | {r.rows_per_request} | {r.connections} | {r.server} | {r.requests_per_s:,.0f} | "
             f"{r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
@@ -210,7 +212,8 @@ def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per load run (default %(default)s)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per load run (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per point; medians are reported")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for both servers")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--batch-connections", type=int, default=8)
@@ -221,37 +224,58 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     single = json.dumps(MALIGNANT_EXAMPLE).encode()
+    points = [("/predict", single, 1, connections) for connections in args.connections] + [
+        ("/predict_batch", batch_body(rows), rows, args.batch_connections) for rows in BATCH_SIZES
+    ]
     results: list[LoadResult] = []
     servers: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        targets = [("reference", lambda: running("reference", args.workers, workdir)),
-                   ("service", lambda: running("service", args.workers, workdir))]
+        starts = {"reference": lambda: running("reference", args.workers, workdir),
+                  "service": lambda: running("service", args.workers, workdir)}
         if not args.no_container and (image := built_image()) is not None:
-            targets.append(("container", lambda: running_container(image)))
-        for name, start in targets:
-            with start() as server:
-                measure(server, "/predict", single, 1, 8, 2, workdir)  # warm-up: imports, caches, JIT-free paths
-                for connections in args.connections:
-                    results.append(measure(server, "/predict", single, 1, connections, args.duration, workdir))
-                for rows in BATCH_SIZES:
-                    results.append(
-                        measure(server, "/predict_batch", batch_body(rows), rows, args.batch_connections, args.duration, workdir)
-                    )
-                memory = worker_memory_mb(server) if server.process is not None else []
-                servers[name] = {"cold_start_s": round(server.cold_start_s, 2), "worker_memory_mb": memory}
+            starts["container"] = lambda: running_container(image)
+        # Started one after another (each cold start alone on the machine), then all kept up: an idle
+        # server costs nothing, and alternating them round by round spreads the machine's drift
+        # evenly instead of handing it all to whichever was measured second.
+        running_servers = {name: stack.enter_context(start()) for name, start in starts.items()}
+        for server in running_servers.values():
+            measure(server, "/predict", single, 1, 8, 2, workdir)  # warm-up
+        for endpoint, body, rows, connections in points:
+            rounds = [
+                {name: measure(server, endpoint, body, rows, connections, args.duration, workdir)
+                 for name, server in running_servers.items()}
+                for _ in range(args.repeats)
+            ]
+            ratio = statistics.median(r["service"].requests_per_s / r["reference"].requests_per_s for r in rounds)
+            for name in running_servers:
+                runs = sorted((r[name] for r in rounds), key=lambda result: result.requests_per_s)
+                median_run = runs[len(runs) // 2]
+                median_run.errors = sum(run.errors for run in runs)
+                median_run.ratio = ratio if name == "service" else None
+                results.append(median_run)
+        for name, server in running_servers.items():
+            memory = worker_memory_mb(server) if server.process is not None else []
+            servers[name] = {"cold_start_s": round(server.cold_start_s, 2), "worker_memory_mb": memory}
+    results.sort(key=lambda r: ["reference", "service", "container"].index(r.server))
 
     table = markdown(results, servers)
     print(
         f"workers per server: {args.workers} (the container: 1, the chart's CPU limit); "
-        f"{args.duration} s per run; wrk on the same machine\n"
+        f"median of {args.repeats} alternating rounds of {args.duration} s per point; wrk on the same machine\n"
     )
     print(table)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"{time.strftime('%Y%m%dT%H%M%S')}.json"
     out.write_text(
         json.dumps(
-            {"workers": args.workers, "duration_s": args.duration, "servers": servers, "results": [asdict(r) for r in results]},
+            {
+                "workers": args.workers,
+                "duration_s": args.duration,
+                "repeats": args.repeats,
+                "servers": servers,
+                "results": [asdict(r) for r in results],
+            },
             indent=2,
         )
     )
