@@ -2,7 +2,8 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-PYTHON ?= python3.11
+# The first supported Python (3.11 to 3.13) on PATH; override with PYTHON=python3.x.
+PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.13,$(shell command -v python$(v) 2>/dev/null)) python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
@@ -19,7 +20,7 @@ export BENTOML_DO_NOT_TRACK ?= true
 # Tools that are not Python packages (helm) live here; see scripts/install-tools.sh.
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install tools data train model serve test image bench lock clean
+.PHONY: help install tools data train model serve lint test image bench lock clean
 
 help:
 	@echo "make serve   train if needed, then serve on http://$(HOST):$(PORT)"
@@ -60,7 +61,11 @@ model: install
 serve: model
 	$(VENV)/bin/bentoml serve $(SERVICE) --host $(HOST) --port $(PORT)
 
-test: tools
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: tools lint
 	$(PY) -m pytest
 
 image: model

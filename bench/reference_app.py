@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bento.features import FEATURE_NAMES, MODEL_NAME
+from wdbc import FEATURE_NAMES, MODEL_NAME
 
 sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
 _model_ref = bentoml.models.get(os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest"))

@@ -25,15 +25,13 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
 import psutil
 
-from bento.features import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
-from tests.conftest import free_port
+from harness import containers, servers
+from harness.paths import REPO_ROOT
+from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
-SERVICE = "bento.service:BreastCancerClassifier"
 BATCH_SIZES = (100, 1000)
 
 # wrk reports through this hook, so nothing is parsed from its human-readable output.
@@ -78,15 +76,28 @@ class LoadResult:
     ratio: float | None = None  # service / reference: the median of the per-round ratios
 
 
-
 def _commands(workers: int, port: int) -> dict[str, list[str]]:
     python = sys.executable
     return {
-        "service": [python, "-m", "bentoml", "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+        "service": servers.bentoml_serve_command(port),
         "reference": [
-            python, "-m", "uvicorn", "bench.reference_app:app", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", str(workers), "--http", "httptools", "--loop", "uvloop",
-            "--no-access-log", "--log-level", "warning",
+            python,
+            "-m",
+            "uvicorn",
+            "bench.reference_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--http",
+            "httptools",
+            "--loop",
+            "uvloop",
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ],
     }
 
@@ -94,40 +105,18 @@ def _commands(workers: int, port: int) -> dict[str, list[str]]:
 @contextmanager
 def running(name: str, workers: int, log_dir: Path) -> Iterator[Server]:
     """Start a server, time process start to the first /readyz 200, stop it afterwards."""
-    port = free_port()
-    env = {**os.environ, "SERVICE_WORKERS": str(workers)}  # logging as `make serve`: INFO, a line per prediction
-    log = (log_dir / f"{name}.log").open("wb")
-    started = time.perf_counter()
-    process = subprocess.Popen(_commands(workers, port)[name], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode}; see {log.name}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.perf_counter() - started > 120:
-                raise TimeoutError(f"{name} not ready after 120 s; see {log.name}")
-            time.sleep(0.05)
-        yield Server(name, url, process, time.perf_counter() - started)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    port = servers.free_port()
+    env = {"SERVICE_WORKERS": str(workers)}  # logging as `make serve`
+    server = servers.start(_commands(workers, port)[name], port, log_dir / f"{name}.log", env)
+    with servers.serving(server) as ready:
+        yield Server(name, ready.url, ready.process, time.monotonic() - ready.started_at)
 
 
 @contextmanager
 def running_container(image: str) -> Iterator[Server]:
     """The image, run exactly as the chart runs it (tests/container/runner.py), 1 CPU limit included."""
-    from tests.container.runner import detect_engine, start
-
-    engine = detect_engine()
-    container = start(engine, image)
+    engine = containers.detect_engine()
+    container = containers.start(engine, image)
     try:
         yield Server("container", container.url, None, container.seconds_to_ready)
     finally:
@@ -136,15 +125,12 @@ def running_container(image: str) -> Iterator[Server]:
 
 def built_image() -> str | None:
     """The image `make image` recorded last, if a container engine can still see it."""
-    record = Path(os.environ.get("IMAGE_INFO_FILE", REPO_ROOT / ".bentoml" / "last-image.env"))  # build-image.sh
-    if not record.exists():
+    image = containers.read_image_record().get("IMAGE")
+    if image is None:
         return None
-    image = dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line).get("IMAGE")
     try:
-        from tests.container.runner import detect_engine
-
-        detect_engine().run("image", "inspect", image)
-    except Exception:  # no engine, or the image was removed
+        containers.detect_engine().run("image", "inspect", image)
+    except Exception:  # noqa: BLE001 (no engine, or the image was removed)
         return None
     return image
 
@@ -163,14 +149,28 @@ def wrk(url: str, body: bytes, connections: int, duration: int, workdir: Path) -
     script.write_text(WRK_SCRIPT % {"body": body_path})
     threads = min(2, connections)
     output = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     line = next(line for line in output.splitlines() if line.startswith("WRK_RESULT "))
     return json.loads(line.removeprefix("WRK_RESULT "))
 
 
-def measure(server: Server, endpoint: str, body: bytes, rows: int, connections: int, duration: int, workdir: Path) -> LoadResult:
+def measure(
+    server: Server, endpoint: str, body: bytes, rows: int, connections: int, duration: int, workdir: Path
+) -> LoadResult:
     raw = wrk(server.url + endpoint, body, connections, duration, workdir)
     rate = raw["requests"] / (raw["duration_us"] / 1e6)
     return LoadResult(
@@ -203,7 +203,11 @@ def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
             f"| {r.endpoint} | {r.rows_per_request} | {r.connections} | {r.server} | {r.requests_per_s:,.0f} | "
             f"{r.rows_per_s:,.0f} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |"
         )
-    lines += ["", "| server | cold start (process start to /readyz 200) | resident memory per worker |", "|---|---:|---|"]
+    lines += [
+        "",
+        "| server | cold start (process start to /readyz 200) | resident memory per worker |",
+        "|---|---:|---|",
+    ]
     for name, info in servers.items():
         memory = ", ".join(f"{m:.0f} MB" for m in info["worker_memory_mb"]) or "n/a"
         lines.append(f"| {name} | {info['cold_start_s']:.2f} s | {memory} |")
@@ -211,7 +215,9 @@ def markdown(results: list[LoadResult], servers: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=5, help="seconds per load run (default %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per point; medians are reported")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for both servers")
@@ -231,8 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     servers: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         workdir = Path(tmp)
-        starts = {"reference": lambda: running("reference", args.workers, workdir),
-                  "service": lambda: running("service", args.workers, workdir)}
+        starts = {
+            "reference": lambda: running("reference", args.workers, workdir),
+            "service": lambda: running("service", args.workers, workdir),
+        }
         if not args.no_container and (image := built_image()) is not None:
             starts["container"] = lambda: running_container(image)
         # Started one after another (each cold start alone on the machine), then all kept up: an idle
@@ -243,11 +251,15 @@ def main(argv: list[str] | None = None) -> int:
             measure(server, "/predict", single, 1, 8, 2, workdir)  # warm-up
         for endpoint, body, rows, connections in points:
             rounds = [
-                {name: measure(server, endpoint, body, rows, connections, args.duration, workdir)
-                 for name, server in running_servers.items()}
+                {
+                    name: measure(server, endpoint, body, rows, connections, args.duration, workdir)
+                    for name, server in running_servers.items()
+                }
                 for _ in range(args.repeats)
             ]
-            ratio = statistics.median(r["service"].requests_per_s / r["reference"].requests_per_s for r in rounds)
+            ratio = statistics.median(
+                r["service"].requests_per_s / r["reference"].requests_per_s for r in rounds
+            )
             for name in running_servers:
                 runs = sorted((r[name] for r in rounds), key=lambda result: result.requests_per_s)
                 median_run = runs[len(runs) // 2]

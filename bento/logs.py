@@ -32,7 +32,11 @@ def _json_line(record: dict[str, Any]) -> str:
         "logger": record["extra"].get("logger", record["name"]),
         "message": record["message"],
         "pid": record["process"].id,
-        **{key: value for key, value in record["extra"].items() if key != "logger" and not key.startswith("_")},
+        **{
+            key: value
+            for key, value in record["extra"].items()
+            if key != "logger" and not key.startswith("_")
+        },
     }
     if record["exception"] is not None:
         entry["exception"] = "".join(_format_exception(record["exception"]))

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL, ModelMetadata
 
 # Rows per /predict_batch request: enough for any clinical batch, small enough to bound a
 # request's memory and latency (1000 rows is ~0.8 MB of JSON and a few milliseconds of model time).
@@ -69,15 +69,8 @@ class BatchPrediction(BaseModel):
     predictions: list[Prediction]
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(ModelMetadata):
+    """The served model: its tag and creation time, and the metadata training saved with it."""
+
     tag: str
     creation_time: datetime
-    threshold: float
-    feature_names: list[str]
-    metrics: dict
-    quality_gate: dict[str, float]
-    dataset_sha256: str
-    seed: int
-    sklearn_version: str
-    bentoml_version: str
-

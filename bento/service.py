@@ -22,9 +22,10 @@ from fastapi.responses import JSONResponse
 from loguru import logger
 
 from bento import logs
-from bento.errors import ErrorContractMiddleware, error_body
-from bento.features import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME
+from bento.errors import model_unavailable
+from bento.guard import RequestGuard
 from bento.schemas import BatchPrediction, BatchRequest, Features, ModelInfo, Prediction
+from wdbc import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME, ModelMetadata
 
 logs.configure()
 
@@ -32,7 +33,7 @@ MODEL_TAG = os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest")
 _workers = os.environ.get("SERVICE_WORKERS", "cpu_count")
 WORKERS: int | str = int(_workers) if _workers.isdigit() else _workers
 MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", str(2 * 1024 * 1024)))
-API_PATHS = frozenset({"/predict", "/predict_batch"})
+PREDICTION_PATHS = ("/predict", "/predict_batch")
 
 _feature_values = attrgetter(*FEATURE_NAMES)
 
@@ -48,7 +49,8 @@ UNAVAILABLE_MESSAGE = f"model {MODEL_TAG} is not loaded; see the service's start
 async def model_info() -> ModelInfo | JSONResponse:
     """The served model: tag, creation time, metrics, decision threshold and feature names."""
     if not _model_loaded():
-        return JSONResponse(error_body("model unavailable", [{"field": "model", "message": UNAVAILABLE_MESSAGE}]), 503)
+        status, body = model_unavailable(UNAVAILABLE_MESSAGE)
+        return JSONResponse(body, status)
     return bentoml.get_current_service().info
 
 
@@ -69,7 +71,7 @@ out_of_range_features = bentoml.metrics.Counter(
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, yet OpenTelemetry's middleware costs ~35 % of a /predict
     # call (measured with py-spy); excluding the hot paths skips it. Remove when exporting traces.
-    tracing={"excluded_urls": sorted(API_PATHS)},
+    tracing={"excluded_urls": list(PREDICTION_PATHS)},
 )
 class BreastCancerClassifier:
     """Predicts whether a breast mass is malignant from the 30 WDBC measurements."""
@@ -94,19 +96,20 @@ class BreastCancerClassifier:
                 MODEL_TAG,
                 os.environ.get("BENTOML_HOME", "~/bentoml"),
             )
-        except Exception:  # an invalid tag, a corrupt model, metadata from an older training run
+        except Exception:  # noqa: BLE001 (an invalid tag, a corrupt model, foreign metadata: all mean unready)
             logger.exception("model {} could not be loaded; the service stays unready", MODEL_TAG)
 
     def _load(self, model_ref: bentoml.Model) -> None:
-        metadata = model_ref.info.metadata
-        stats = metadata["feature_stats"]
+        metadata = ModelMetadata.parse(model_ref.info.metadata)
+        stats = metadata.feature_stats
         self.tag = str(model_ref.tag)
-        self.threshold = float(metadata["threshold"])
-        self.train_min = np.array([stats[name]["min"] for name in FEATURE_NAMES])
-        self.train_max = np.array([stats[name]["max"] for name in FEATURE_NAMES])
-        self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **metadata)
+        self.threshold = metadata.threshold
+        self.train_min = np.array([stats[name].min for name in FEATURE_NAMES])
+        self.train_max = np.array([stats[name].max for name in FEATURE_NAMES])
+        self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **dict(metadata))
         self.pipeline = bentoml.sklearn.load_model(model_ref)
-        logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=metadata["metrics"]["cross_validation"]).info(
+        cross_validation = metadata.metrics.model_dump()["cross_validation"]
+        logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=cross_validation).info(
             "loaded model {}", self.tag
         )
 
@@ -173,8 +176,9 @@ def _model_loaded() -> bool:
 
 
 BreastCancerClassifier.add_asgi_middleware(
-    ErrorContractMiddleware,
-    api_paths=API_PATHS,
+    RequestGuard,
+    # The service's own API routes: a new endpoint is guarded without being listed twice.
+    api_paths=frozenset(api.route for api in BreastCancerClassifier.apis.values()),
     max_body_bytes=MAX_REQUEST_BYTES,
     model_ready=_model_loaded,
     unavailable_message=UNAVAILABLE_MESSAGE,

@@ -25,7 +25,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.stream import portforward
 
-from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+from wdbc import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
 Obj = Mapping[str, Any]
 EXAMPLES = ((MALIGNANT_LABEL, MALIGNANT_EXAMPLE), (BENIGN_LABEL, BENIGN_EXAMPLE))
@@ -194,7 +194,9 @@ class Cluster:
     def one(self, list_call, kind: str) -> dict:
         found = self.optional(list_call, kind)
         if found is None:
-            raise VerificationError(f"expected one {kind} labelled {self.selector} in {self.namespace}, found none")
+            raise VerificationError(
+                f"expected one {kind} labelled {self.selector} in {self.namespace}, found none"
+            )
         return found
 
     def optional(self, list_call, kind: str) -> dict | None:
@@ -279,7 +281,9 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
     )
     if problems:
         raise VerificationError("; ".join(problems))
-    targets = " and ".join(kind for kind, obj in (("the HPA", hpa), ("the PDB", pdb)) if obj) or "no HPA or PDB"
+    targets = (
+        " and ".join(kind for kind, obj in (("the HPA", hpa), ("the PDB", pdb)) if obj) or "no HPA or PDB"
+    )
     print(f"verify: {targets} target {deployment['metadata']['name']}; {len(pods)} pods are Ready")
 
     port = http_port(deployment)

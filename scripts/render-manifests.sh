@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates the files derived from the chart and from bento/features.py:
-#   charts/breast-cancer-classifier/files/malignant-example.json  bento.features.MALIGNANT_EXAMPLE
+# Regenerates the files derived from the chart and from wdbc/features.py:
+#   charts/breast-cancer-classifier/files/malignant-example.json  wdbc.MALIGNANT_EXAMPLE
 #   k8s/manifests/breast-cancer-classifier.yaml                   the chart, default values
 #   k8s/client-job.yaml                                           the chart's smoke test as a Job
 # tests/k8s/test_manifests.py runs this into a temporary directory and fails on any difference.
@@ -18,7 +18,7 @@ release=breast-cancer-classifier
 namespace=breast-cancer-classifier
 mkdir -p "$out/$chart/files" "$out/k8s/manifests"
 
-.venv/bin/python -c 'import json; from bento.features import MALIGNANT_EXAMPLE; print(json.dumps(MALIGNANT_EXAMPLE))' \
+.venv/bin/python -c 'import json; from wdbc import MALIGNANT_EXAMPLE; print(json.dumps(MALIGNANT_EXAMPLE))' \
     >"$out/$chart/files/malignant-example.json"
 
 manifests=(template "$release" "$chart" --namespace "$namespace" --skip-tests)

@@ -28,11 +28,21 @@ def test_curl_examples_work(server) -> None:
     commands = [c for c in re.sub(r"\\\n\s*", " ", block).splitlines() if c.startswith("curl")]
     assert len(commands) == 2
     predict = subprocess.run(
-        commands[0].replace(DEFAULT_URL, server.url), shell=True, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        commands[0].replace(DEFAULT_URL, server.url),
+        shell=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(predict.stdout)["diagnosis"] == "malignant"
     info = subprocess.run(
-        commands[1].replace(DEFAULT_URL, server.url), shell=True, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        commands[1].replace(DEFAULT_URL, server.url),
+        shell=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert json.loads(info.stdout)["tag"].startswith("breast_cancer:")
 
@@ -41,7 +51,11 @@ def test_python_client_example_works(server) -> None:
     (snippet,) = code_blocks("python")
     result = subprocess.run(
         [sys.executable, "-c", snippet.replace(DEFAULT_URL, server.url)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        check=False,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
     )
     assert result.returncode == 0, result.stderr

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
-from bento.features import FEATURE_NAMES
+from wdbc import FEATURE_NAMES
 
 DEFAULT_CSV = Path("data/breast-cancer.csv")
 LABEL_COLUMN = "diagnosis"
@@ -118,7 +118,9 @@ def _first_row(mask: pd.Series) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_CSV)
     args = parser.parse_args()
     print(f"wrote {write_csv(args.output)}")

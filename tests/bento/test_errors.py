@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento.features import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
 from bento.schemas import MAX_BATCH_ROWS
-from tests.conftest import start_server, stop_server, wait_until_listening
+from harness.servers import start_service
+from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
 
 JSON = {"content-type": "application/json"}
 
@@ -32,10 +32,42 @@ CASES = [
     ("empty-body", "POST", "/predict", "", JSON, 400, "body"),
     ("whitespace-body", "POST", "/predict", "  \n", JSON, 400, "body"),
     ("no-content-type", "POST", "/predict", EXAMPLE_TEXT, {}, 415, "content-type"),
-    ("form-content-type", "POST", "/predict", EXAMPLE_TEXT, {"content-type": "application/x-www-form-urlencoded"}, 415, "content-type"),
-    ("text-content-type", "POST", "/predict", EXAMPLE_TEXT, {"content-type": "text/plain"}, 415, "content-type"),
-    ("pickle-content-type", "POST", "/predict", EXAMPLE_TEXT, {"content-type": "application/vnd.bentoml+pickle"}, 415, "content-type"),
-    ("missing-field", "POST", "/predict", json.dumps({k: v for k, v in MALIGNANT_EXAMPLE.items() if k != "area_se"}), JSON, 422, "area_se"),
+    (
+        "form-content-type",
+        "POST",
+        "/predict",
+        EXAMPLE_TEXT,
+        {"content-type": "application/x-www-form-urlencoded"},
+        415,
+        "content-type",
+    ),
+    (
+        "text-content-type",
+        "POST",
+        "/predict",
+        EXAMPLE_TEXT,
+        {"content-type": "text/plain"},
+        415,
+        "content-type",
+    ),
+    (
+        "pickle-content-type",
+        "POST",
+        "/predict",
+        EXAMPLE_TEXT,
+        {"content-type": "application/vnd.bentoml+pickle"},
+        415,
+        "content-type",
+    ),
+    (
+        "missing-field",
+        "POST",
+        "/predict",
+        json.dumps({k: v for k, v in MALIGNANT_EXAMPLE.items() if k != "area_se"}),
+        JSON,
+        422,
+        "area_se",
+    ),
     ("unknown-field", "POST", "/predict", json.dumps({**MALIGNANT_EXAMPLE, "age": 50}), JSON, 422, "age"),
     ("string-value", "POST", "/predict", with_value("radius_mean", '"17.9"'), JSON, 422, "radius_mean"),
     ("bool-value", "POST", "/predict", with_value("texture_mean", "true"), JSON, 422, "texture_mean"),
@@ -43,23 +75,87 @@ CASES = [
     ("array-value", "POST", "/predict", with_value("symmetry_se", "[1.0]"), JSON, 422, "symmetry_se"),
     ("object-value", "POST", "/predict", with_value("symmetry_se", '{"v": 1}'), JSON, 422, "symmetry_se"),
     ("nan-token", "POST", "/predict", with_value("concavity_mean", "NaN"), JSON, 422, "concavity_mean"),
-    ("infinity-token", "POST", "/predict", with_value("concavity_mean", "Infinity"), JSON, 422, "concavity_mean"),
-    ("minus-infinity-token", "POST", "/predict", with_value("concavity_mean", "-Infinity"), JSON, 422, "concavity_mean"),
+    (
+        "infinity-token",
+        "POST",
+        "/predict",
+        with_value("concavity_mean", "Infinity"),
+        JSON,
+        422,
+        "concavity_mean",
+    ),
+    (
+        "minus-infinity-token",
+        "POST",
+        "/predict",
+        with_value("concavity_mean", "-Infinity"),
+        JSON,
+        422,
+        "concavity_mean",
+    ),
     ("nan-string", "POST", "/predict", with_value("radius_se", '"NaN"'), JSON, 422, "radius_se"),
     ("infinity-string", "POST", "/predict", with_value("radius_se", '"Infinity"'), JSON, 422, "radius_se"),
-    ("minus-infinity-string", "POST", "/predict", with_value("radius_se", '"-Infinity"'), JSON, 422, "radius_se"),
+    (
+        "minus-infinity-string",
+        "POST",
+        "/predict",
+        with_value("radius_se", '"-Infinity"'),
+        JSON,
+        422,
+        "radius_se",
+    ),
     ("float-overflow", "POST", "/predict", with_value("area_worst", "1e400"), JSON, 422, "area_worst"),
-    ("integer-overflow", "POST", "/predict", with_value("area_worst", "1" + "0" * 400), JSON, 422, "area_worst"),
+    (
+        "integer-overflow",
+        "POST",
+        "/predict",
+        with_value("area_worst", "1" + "0" * 400),
+        JSON,
+        422,
+        "area_worst",
+    ),
     ("negative-value", "POST", "/predict", with_value("perimeter_mean", "-0.5"), JSON, 422, "perimeter_mean"),
-    ("not-a-measurement", "POST", "/predict", with_value("perimeter_mean", "1e308"), JSON, 422, "perimeter_mean"),
+    (
+        "not-a-measurement",
+        "POST",
+        "/predict",
+        with_value("perimeter_mean", "1e308"),
+        JSON,
+        422,
+        "perimeter_mean",
+    ),
     ("no-body-no-content-type", "POST", "/predict", None, {}, 400, "body"),
     ("body-is-array", "POST", "/predict", "[1, 2, 3]", JSON, 422, "body"),
     ("body-is-number", "POST", "/predict", "42", JSON, 422, "body"),
     ("batch-empty-list", "POST", "/predict_batch", '{"instances": []}', JSON, 422, "instances"),
-    ("batch-too-many-rows", "POST", "/predict_batch", batch_of(*[EXAMPLE_TEXT] * (MAX_BATCH_ROWS + 1)), JSON, 422, "instances"),
-    ("batch-one-bad-row", "POST", "/predict_batch", batch_of(EXAMPLE_TEXT, EXAMPLE_TEXT, with_value("smoothness_worst", '"x"')), JSON, 422, "instances[2].smoothness_worst"),
+    (
+        "batch-too-many-rows",
+        "POST",
+        "/predict_batch",
+        batch_of(*[EXAMPLE_TEXT] * (MAX_BATCH_ROWS + 1)),
+        JSON,
+        422,
+        "instances",
+    ),
+    (
+        "batch-one-bad-row",
+        "POST",
+        "/predict_batch",
+        batch_of(EXAMPLE_TEXT, EXAMPLE_TEXT, with_value("smoothness_worst", '"x"')),
+        JSON,
+        422,
+        "instances[2].smoothness_worst",
+    ),
     ("batch-missing-instances", "POST", "/predict_batch", "{}", JSON, 422, "instances"),
-    ("batch-unknown-key", "POST", "/predict_batch", '{"instances": [' + EXAMPLE_TEXT + '], "rows": 1}', JSON, 422, "rows"),
+    (
+        "batch-unknown-key",
+        "POST",
+        "/predict_batch",
+        '{"instances": [' + EXAMPLE_TEXT + '], "rows": 1}',
+        JSON,
+        422,
+        "rows",
+    ),
     ("batch-malformed", "POST", "/predict_batch", '{"instances": [', JSON, 400, "body"),
     ("unknown-path", "GET", "/no/such/endpoint", None, {}, 404, "path"),
     ("unknown-path-post", "POST", "/predict_many", EXAMPLE_TEXT, JSON, 404, "path"),
@@ -85,7 +181,9 @@ def assert_error_shape(response) -> dict:
     [case[1:] for case in CASES],
     ids=[case[0] for case in CASES],
 )
-def test_bad_request_gets_a_clear_4xx(client: httpx.Client, method, path, body, headers, status, field) -> None:
+def test_bad_request_gets_a_clear_4xx(
+    client: httpx.Client, method, path, body, headers, status, field
+) -> None:
     response = client.request(method, path, content=body, headers=headers)
     assert response.status_code == status, response.text
     detail = assert_error_shape(response)["detail"]
@@ -138,7 +236,9 @@ def test_rejections_are_logged_as_warnings_without_the_payload(client: httpx.Cli
     assert rejected and all(line["level"] == "WARNING" for line in rejected)
     assert any(line["fields"] == ["radius_mean"] and line["status"] == 422 for line in rejected)
     assert str(secret_value) not in server.log()
-    assert not [line for line in lines if line["level"] == "ERROR"], "a client error was logged as a server error"
+    assert not [line for line in lines if line["level"] == "ERROR"], (
+        "a client error was logged as a server error"
+    )
 
 
 UNAVAILABLE_MODELS = {
@@ -150,12 +250,14 @@ UNAVAILABLE_MODELS = {
 
 @pytest.fixture(scope="module", params=sorted(UNAVAILABLE_MODELS))
 def unavailable_server(request, model_store: Path, tmp_path_factory: pytest.TempPathFactory):
-    server = start_server(model_store, tmp_path_factory.mktemp("unavailable") / "serve.log", MODEL_TAG=request.param)
+    server = start_service(
+        model_store, tmp_path_factory.mktemp("unavailable") / "serve.log", MODEL_TAG=request.param
+    )
     try:
-        wait_until_listening(server)
+        server.wait_until_answering()
         yield server, request.param
     finally:
-        stop_server(server)
+        server.stop()
 
 
 def test_unavailable_model_is_not_ready_and_answers_503(unavailable_server) -> None:
@@ -163,7 +265,10 @@ def test_unavailable_model_is_not_ready_and_answers_503(unavailable_server) -> N
     url = server.url
     assert httpx.get(f"{url}/livez").status_code == 200
     assert httpx.get(f"{url}/readyz").status_code == 503
-    for path, body in (("/predict", MALIGNANT_EXAMPLE), ("/predict_batch", {"instances": [MALIGNANT_EXAMPLE]})):
+    for path, body in (
+        ("/predict", MALIGNANT_EXAMPLE),
+        ("/predict_batch", {"instances": [MALIGNANT_EXAMPLE]}),
+    ):
         response = httpx.post(f"{url}{path}", json=body)
         assert response.status_code == 503
         detail = assert_error_shape(response)["detail"]

@@ -17,9 +17,9 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
 
-from bento.features import MALIGNANT_EXAMPLE
+from harness.paths import REPO_ROOT
 from tests.bento.test_errors import assert_error_shape
-from tests.conftest import REPO_ROOT
+from wdbc import MALIGNANT_EXAMPLE
 
 FUZZ_EXAMPLES_PER_OPERATION = 300  # per operation and per mode (valid, schema-violating)
 FUZZED_OPERATIONS = [
@@ -52,7 +52,9 @@ def test_every_documented_operation_is_fuzzed(api_schema) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("method", "path", "mode"), FUZZ_RUNS, ids=[f"{m} {p} {mode}" for m, p, mode in FUZZ_RUNS])
+@pytest.mark.parametrize(
+    ("method", "path", "mode"), FUZZ_RUNS, ids=[f"{m} {p} {mode}" for m, p, mode in FUZZ_RUNS]
+)
 def test_fuzzed_requests_never_get_a_server_error(api_schema, server, method, path, mode) -> None:
     session = requests.Session()
 
@@ -78,7 +80,9 @@ def test_service_is_healthy_after_fuzzing(client: httpx.Client) -> None:
     total = sum(status_codes.values())
     report = REPO_ROOT / "reports" / "fuzz-status-codes.json"
     report.parent.mkdir(exist_ok=True)
-    report.write_text(json.dumps({"requests": total, "status_codes": dict(sorted(status_codes.items()))}, indent=2))
+    report.write_text(
+        json.dumps({"requests": total, "status_codes": dict(sorted(status_codes.items()))}, indent=2)
+    )
     print(f"fuzzed {total} requests; status codes {dict(sorted(status_codes.items()))}")
     assert total >= 2 * FUZZ_EXAMPLES_PER_OPERATION, "the fuzzer barely ran"
     assert client.get("/readyz").status_code == 200

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bento.features import FEATURE_NAMES, MALIGNANT_EXAMPLE
 from bento.schemas import MAX_BATCH_ROWS, MAX_FEATURE_VALUE, BatchRequest, Features
+from wdbc import FEATURE_NAMES, MALIGNANT_EXAMPLE
 
 valid_value = st.one_of(
     st.floats(min_value=0, max_value=MAX_FEATURE_VALUE, allow_nan=False, allow_infinity=False),
@@ -77,6 +77,10 @@ def test_batch_size_bounds(size: int, bad_index: int) -> None:
 
 def test_json_nan_and_overflow_are_rejected() -> None:
     for token in ("NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400):
-        text = Features(**MALIGNANT_EXAMPLE).model_dump_json().replace('"radius_mean":17.99', f'"radius_mean":{token}')
+        text = (
+            Features(**MALIGNANT_EXAMPLE)
+            .model_dump_json()
+            .replace('"radius_mean":17.99', f'"radius_mean":{token}')
+        )
         with pytest.raises(ValidationError):
             Features.model_validate_json(text)

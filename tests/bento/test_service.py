@@ -5,12 +5,11 @@ from __future__ import annotations
 import httpx
 import pandas as pd
 import pytest
-import yaml
 
-from bento.features import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
 from bento.schemas import MAX_BATCH_ROWS
-from tests.conftest import REPO_ROOT
+from harness.paths import runtime_contract
 from training.dataset import write_csv
+from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
 
 
 def test_predict_malignant_example(client: httpx.Client) -> None:
@@ -35,7 +34,9 @@ def test_batch_classifies_the_dataset_in_order(client: httpx.Client, tmp_path) -
     expected = frame["diagnosis"].map({"M": "malignant", "B": "benign"}).tolist()
     predicted: list[str] = []
     for start in range(0, len(rows), MAX_BATCH_ROWS // 2):
-        response = client.post("/predict_batch", json={"instances": rows[start : start + MAX_BATCH_ROWS // 2]})
+        response = client.post(
+            "/predict_batch", json={"instances": rows[start : start + MAX_BATCH_ROWS // 2]}
+        )
         assert response.status_code == 200, response.text
         predicted += [p["diagnosis"] for p in response.json()["predictions"]]
     assert len(predicted) == len(expected)
@@ -65,8 +66,7 @@ def test_model_info(client: httpx.Client) -> None:
 @pytest.mark.parametrize("probe", ["liveness", "readiness", "metrics"])
 def test_probe_paths_of_the_runtime_contract_are_served(client: httpx.Client, probe: str) -> None:
     """The chart points its probes at these paths (k8s/runtime-contract.yaml): they must answer."""
-    contract = yaml.safe_load((REPO_ROOT / "k8s" / "runtime-contract.yaml").read_text())
-    assert client.get(contract["probes"][probe]).status_code == 200
+    assert client.get(runtime_contract()["probes"][probe]).status_code == 200
 
 
 def test_metrics_count_predictions(client: httpx.Client) -> None:

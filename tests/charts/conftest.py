@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.paths import CHART, runtime_contract
 from tests.conftest import require_tool
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "breast-cancer-classifier"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 # "default" plus one entry per ci/ values file: the configurations every check runs on.
 VALUES_FILES: dict[str, Path | None] = {"default": None} | {
@@ -108,4 +107,4 @@ def values_files() -> dict[str, Path | None]:
 
 @pytest.fixture(scope="session")
 def contract() -> dict:
-    return yaml.safe_load((REPO / "k8s" / "runtime-contract.yaml").read_text())
+    return runtime_contract()

@@ -1,5 +1,5 @@
 """Fixtures for the container tests: the engine, the image, and one container run as the chart runs it
-(see runner.py).
+(see harness/containers.py).
 
 The image is built by scripts/build-image.sh from a model trained into a throw-away store (the
 `model_store` fixture), so the tests prove the image that `make image` produces. The build is
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness.containers import Container, Engine, NotReady, detect_engine, read_image_record, start
+from harness.paths import REPO_ROOT
 from tests.conftest import skip_or_fail
-
-from .runner import REPO, Container, Engine, NotReady, detect_engine, start
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ def image(
     info_file = tmp_path_factory.mktemp("image") / "last-image.env"
     build = subprocess.run(
         ["bash", "scripts/build-image.sh"],
-        cwd=REPO,
+        check=False,
+        cwd=REPO_ROOT,
         env={
             **engine.env,
             "ENGINE": engine.name,
@@ -62,7 +63,7 @@ def image(
         timeout=1200,
     )
     assert build.returncode == 0, f"build-image.sh failed:\n{build.stdout[-5000:]}\n{build.stderr[-5000:]}"
-    info = dict(line.split("=", 1) for line in info_file.read_text().splitlines())
+    info = read_image_record(info_file)
     yield Image(info["IMAGE"], info["MODEL_TAG"])
     # The engine's build cache outlives the image, so the next run still builds in seconds.
     engine.run("rmi", info["IMAGE"], f"{info['IMAGE_REPOSITORY']}:latest", check=False)

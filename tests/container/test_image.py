@@ -12,10 +12,13 @@ from pathlib import PurePosixPath
 import httpx
 import pytest
 
-from bento.features import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
+from harness.containers import Container, Engine, cpus, limits
+from harness.paths import runtime_contract
+from wdbc import BENIGN_EXAMPLE, BENIGN_LABEL, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
 from .conftest import Image
-from .runner import CONTRACT, LIMITS, Container, Engine, cpus
+
+CONTRACT = runtime_contract()
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +57,7 @@ def test_worker_count_follows_the_cpu_limit(container: Container, engine: Engine
     logs = [json.loads(line) for line in lines if line.startswith("{")]  # non-JSON: see the test below
     initialized = "Service breast_cancer_classifier initialized"
     workers = {entry["pid"] for entry in logs if entry["message"] == initialized}
-    assert len(workers) == max(1, int(cpus(str(LIMITS["cpu"])))), logs
+    assert len(workers) == max(1, int(cpus(str(limits()["cpu"])))), logs
 
 
 @pytest.mark.parametrize(
@@ -78,7 +81,7 @@ def test_metrics(container: Container) -> None:
     response = httpx.get(f"{container.url}{CONTRACT['probes']['metrics']}")
     assert response.status_code == 200
     # The predictions above were counted.
-    assert 'bentoml_service_request_total{' in response.text and 'endpoint="/predict"' in response.text
+    assert "bentoml_service_request_total{" in response.text and 'endpoint="/predict"' in response.text
 
 
 def test_stdout_is_json_lines(container: Container, engine: Engine) -> None:

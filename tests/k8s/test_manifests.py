@@ -10,9 +10,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from harness.paths import REPO_ROOT as REPO
 from tests.conftest import require_tool
 
-REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 MANIFESTS = K8S / "manifests" / "breast-cancer-classifier.yaml"
 CLIENT_JOB = K8S / "client-job.yaml"

@@ -11,19 +11,17 @@ import copy
 import json
 import socket
 import subprocess
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from kubernetes import client
 
-from bento.features import BENIGN_LABEL, MALIGNANT_LABEL
+from harness.paths import CHART, runtime_contract
 from k8s import verify
 from tests.conftest import require_tool
+from wdbc import BENIGN_LABEL, MALIGNANT_LABEL
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "breast-cancer-classifier"
 RELEASE = "breast-cancer-classifier"
 
 
@@ -90,7 +88,7 @@ def test_rendered_release_passes_every_check(deployment, hpa, pdb):
     assert verify.pdb_problems(pdb, deployment) == []
     pods = [pod_of(deployment, f"{RELEASE}-5d4f-{i}") for i in range(deployment["spec"]["replicas"])]
     assert verify.pod_problems(pods) == []
-    contract = yaml.safe_load((ROOT / "k8s" / "runtime-contract.yaml").read_text())
+    contract = runtime_contract()
     assert verify.http_port(deployment, contract["portName"]) == contract["port"]
 
 
@@ -253,7 +251,9 @@ def test_verify_runs_every_check_on_a_release(deployment, hpa, pdb, capsys, with
     assert verify.verify(cluster, timeout=1, poll=0) == deployment["metadata"]["name"]
     out = capsys.readouterr().out
     assert ("the HPA and the PDB target" in out) is with_hpa_and_pdb
-    assert out.count("diagnosed the known malignant and benign rows correctly") == deployment["spec"]["replicas"]
+    assert (
+        out.count("diagnosed the known malignant and benign rows correctly") == deployment["spec"]["replicas"]
+    )
 
 
 def test_verify_fails_on_a_wrong_answer(deployment, hpa, pdb):

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bento.features import FEATURE_NAMES
 from training.dataset import DatasetError, load_csv, write_csv
+from wdbc import FEATURE_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,8 @@ def test_empty_file_is_reported(tmp_path: Path) -> None:
 
 
 def test_a_single_class_is_reported(bundled_csv: Path, tmp_path: Path) -> None:
-    path = _rewrite(bundled_csv, tmp_path / "x.csv", lambda f: f.drop(f.index[f["diagnosis"] == "M"], inplace=True))
+    path = _rewrite(
+        bundled_csv, tmp_path / "x.csv", lambda f: f.drop(f.index[f["diagnosis"] == "M"], inplace=True)
+    )
     with pytest.raises(DatasetError, match="has 0 M rows"):
         load_csv(path)

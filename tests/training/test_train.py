@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import fbeta_score
 
-from bento.features import FEATURE_NAMES
 from tests.conftest import run_training
 from training import train as training
 from training.dataset import load_csv, write_csv
+from wdbc import FEATURE_NAMES, ModelMetadata
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +37,22 @@ def test_same_data_and_seed_give_the_same_model(data) -> None:
 def test_metadata_records_what_later_stages_need(data) -> None:
     run = training.train(data, 3)
     metadata = run.metadata
-    assert metadata["feature_names"] == list(FEATURE_NAMES)
-    assert metadata["dataset_sha256"] == data.sha256
-    assert metadata["seed"] == 3
-    assert 0 < metadata["threshold"] <= 0.5
-    stats = metadata["feature_stats"]["area_worst"]
-    assert stats["min"] < stats["mean"] < stats["max"] and stats["std"] > 0
-    holdout = metadata["metrics"]["holdout"]
-    assert holdout["rows"] == 114
-    assert sum(map(sum, holdout["confusion_matrix"])) == 114
-    assert set(holdout["per_class"]) == {"benign", "malignant"}
+    assert metadata.feature_names == FEATURE_NAMES
+    assert metadata.lineage.dataset_sha256 == data.sha256
+    assert metadata.lineage.seed == 3
+    assert 0 < metadata.threshold <= 0.5
+    stats = metadata.feature_stats["area_worst"]
+    assert stats.min < stats.mean < stats.max and stats.std > 0
+    holdout = metadata.metrics.holdout
+    assert holdout.rows == 114
+    assert sum(map(sum, holdout.confusion_matrix)) == 114
+    assert set(holdout.per_class) == {"benign", "malignant"}
     for name in training.QUALITY_GATE:
-        assert 0 <= metadata["metrics"]["cross_validation"][name]["mean"] <= 1
+        assert 0 <= metadata.metrics.cross_validation[name].mean <= 1
+    # What readiness, drift and explanations need: the training rows and the model's own answers.
+    assert run.reference.features.shape == (metadata.lineage.train_rows, len(FEATURE_NAMES))
+    np.testing.assert_allclose(run.reference.probabilities, run.model.probabilities(run.reference.features))
+    assert ModelMetadata.parse(metadata.to_bentoml()) == metadata
 
 
 def test_threshold_search_maximises_f2() -> None:
@@ -87,7 +91,13 @@ def test_training_cli_saves_model_and_report(tmp_path: Path) -> None:
     version = next(v for v in versions if v != "latest")
     report_dir = tmp_path / "reports" / version
     assert f"report: {report_dir / 'report.md'}" in result.stdout
-    for name in ("report.md", "roc_curve.png", "confusion_matrix.png", "probabilities.png", "classification_report.txt"):
+    for name in (
+        "report.md",
+        "roc_curve.png",
+        "confusion_matrix.png",
+        "probabilities.png",
+        "classification_report.txt",
+    ):
         assert (report_dir / name).stat().st_size > 0
     assert "malignant" in (report_dir / "classification_report.txt").read_text()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.paths import REPO_ROOT as ROOT
 from k8s import verify
 
-ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 CI = ROOT / ".github" / "workflows" / "ci.yml"
 BIN = Path(sys.executable).parent  # actionlint and shellcheck come from requirements/dev.txt

@@ -1,6 +1,6 @@
-"""Runs the image the way the Helm chart runs it; used by the container tests and to time start-up.
+"""Run the image the way the Helm chart runs it; used by the container tests and the benchmark.
 
-    python -m tests.container.runner [IMAGE] [RUNS]   # prints container start to /readyz 200, per run
+    python -m harness.containers [IMAGE] [RUNS]   # prints container start to /readyz 200, per run
 
 The pod's settings come from k8s/runtime-contract.yaml (uid/gid, writable paths, probes) and the
 chart's default resource limits: read-only root filesystem with a tmpfs only at each writable path,
@@ -19,15 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import yaml
 
-from tests.conftest import free_port
+from harness.paths import REPO_ROOT, chart_values, runtime_contract
+from harness.servers import free_port
 
-REPO = Path(__file__).resolve().parents[2]
-CONTRACT = yaml.safe_load((REPO / "k8s" / "runtime-contract.yaml").read_text())
-CHART_VALUES = yaml.safe_load((REPO / "charts" / "breast-cancer-classifier" / "values.yaml").read_text())
-LIMITS = CHART_VALUES["resources"]["limits"]  # the worker count follows the CPU limit: run under it
 READY_TIMEOUT = 120  # generous for a loaded CI machine; the measured time is reported, not asserted
+LAST_IMAGE_RECORD = REPO_ROOT / ".bentoml" / "last-image.env"  # written by scripts/build-image.sh
+
+
+def limits() -> dict[str, str]:
+    """The chart's default resource limits: the worker count follows the CPU limit, so run under it."""
+    return chart_values()["resources"]["limits"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ def detect_engine() -> Engine:
     """The engine scripts/container-engine.sh picks, so runs and builds always agree."""
     probe = subprocess.run(
         ["bash", "-c", 'source scripts/container-engine.sh && echo "$ENGINE" && echo "${CONTAINERS_CONF:-}"'],
-        cwd=REPO,
+        check=False,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
     )
@@ -71,37 +74,41 @@ def cpus(quantity: str) -> float:
     return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
-def run_args(image: str, name: str, port: int) -> list[str]:
-    tmpfs = [arg for path in CONTRACT["writablePaths"] for arg in ("--tmpfs", f"{path}:rw,mode=1777")]
+def run_args(image: str, name: str, port: int, env: dict[str, str] | None = None) -> list[str]:
+    contract = runtime_contract()
+    tmpfs = [arg for path in contract["writablePaths"] for arg in ("--tmpfs", f"{path}:rw,mode=1777")]
+    extra_env = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
     return [
         "run", "--detach", "--name", name,
         "--read-only", *tmpfs,
-        "--user", f"{CONTRACT['uid']}:{CONTRACT['gid']}",
+        "--user", f"{contract['uid']}:{contract['gid']}",
         "--cap-drop", "ALL",
         "--security-opt", "no-new-privileges",
-        "--cpus", str(cpus(str(LIMITS["cpu"]))),
-        "--memory", LIMITS["memory"].removesuffix("i").lower(),  # 1Gi -> 1g (the engines' g is 2^30)
+        "--cpus", str(cpus(str(limits()["cpu"]))),
+        "--memory", limits()["memory"].removesuffix("i").lower(),  # 1Gi -> 1g (the engines' g is 2^30)
         "--network", "host",
         # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.
         "--env", f"BENTOML_PORT={port}",
+        *extra_env,
         image,
     ]  # fmt: skip
 
 
-def start(engine: Engine, image: str) -> Container:
+def start(engine: Engine, image: str, env: dict[str, str] | None = None) -> Container:
     """Start a container and wait for /readyz 200. If it never gets there, remove it and raise
     NotReady with its logs; otherwise the caller removes it (`rm --force <name>`)."""
     name = f"bcc-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    readiness = runtime_contract()["probes"]["readiness"]
     started = time.monotonic()
-    engine.run(*run_args(image, name, port))
+    engine.run(*run_args(image, name, port, env))
     try:
         poll = 0
         while time.monotonic() - started < READY_TIMEOUT:
             poll += 1
             try:
-                if httpx.get(f"{url}{CONTRACT['probes']['readiness']}", timeout=2).status_code == 200:
+                if httpx.get(f"{url}{readiness}", timeout=2).status_code == 200:
                     return Container(name, url, time.monotonic() - started)
             except httpx.TransportError:
                 pass
@@ -116,6 +123,14 @@ def start(engine: Engine, image: str) -> Container:
     except BaseException:
         engine.run("rm", "--force", name, check=False)
         raise
+
+
+def read_image_record(path: Path | None = None) -> dict[str, str]:
+    """The KEY=value lines scripts/build-image.sh wrote (IMAGE, MODEL_TAG, ...); {} if none."""
+    record = path or Path(os.environ.get("IMAGE_INFO_FILE", LAST_IMAGE_RECORD))
+    if not record.exists():
+        return {}
+    return dict(line.split("=", 1) for line in record.read_text().splitlines() if "=" in line)
 
 
 def main(image: str = "breast-cancer-classifier:latest", runs: str = "3") -> None:
