@@ -11,6 +11,8 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 SEED ?= 42
 DATA ?= data/breast-cancer.csv
+# The candidate for `make promote`; breast_cancer:latest is the store's newest model.
+MODEL ?= breast_cancer:latest
 SERVICE := bento.service:BreastCancerClassifier
 
 # The model store is project-local unless the caller points BENTOML_HOME elsewhere.
@@ -20,13 +22,16 @@ export BENTOML_DO_NOT_TRACK ?= true
 # Tools that are not Python packages (helm) live here; see scripts/install-tools.sh.
 export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help install tools data train model serve lint test image bench lock clean
+.PHONY: help install tools data train model serve lint test image bench lock clean promote import-model promoted
 
 help:
 	@echo "make serve   train if needed, then serve on http://$(HOST):$(PORT)"
 	@echo "make test    install test dependencies and run the whole suite"
 	@echo "make train   (re)train on $(DATA) and save to the model store ($$BENTOML_HOME)"
-	@echo "make image   build the bento and its container image"
+	@echo "make image   build the bento and its container image (MODEL_TAG=<tag> picks the model)"
+	@echo "make promote MODEL=breast_cancer:<version>  compare with the promoted model; promote or refuse"
+	@echo "make import-model  import the registry's promoted model into the model store"
+	@echo "make promoted      the promoted model and the promotion history"
 	@echo "make bench   benchmark the service against a bare ASGI reference"
 	@echo "make lock    re-pin requirements/*.txt from requirements/*.in"
 
@@ -70,6 +75,16 @@ test: tools lint
 
 image: model
 	bash scripts/build-image.sh
+
+# The registry (registry/, or REGISTRY=DIR) holds the promoted model; see training/promote.py.
+promote: install
+	$(PY) -m training.promote promote $(MODEL) --data $(DATA)
+
+import-model: install
+	$(PY) -m training.promote import
+
+promoted: install
+	$(PY) -m training.promote status
 
 bench: model
 	$(PY) -m bench.run

@@ -1,21 +1,218 @@
-"""The request guard: an ASGI middleware on the BentoML service that enforces bento/errors.py.
+"""The guards that enforce bento/errors.py, at the two places a request can be stopped.
 
-It checks the request framing (type, size, emptiness) of the service's API routes before BentoML
-parses anything, answers 503 while the model is not loaded, and rewrites error responses from
-BentoML (pydantic validation errors) and Starlette (404, 405) into the contract's shape. Successful
-responses stream through untouched.
+EdgeGuard wraps BentoML's whole ASGI app, so it sees a request before BentoML labels its metrics
+with the path: unknown paths (404) and disallowed methods (405, with Allow) are answered there and
+never become a metric series; requests past MAX_CONCURRENCY in this worker are shed with a fast 503
+and Retry-After; every answer carries X-Request-ID, and `Connection: close` once the pod drains;
+every error answer from below (BentoML's validation errors and 504 timeouts, Starlette's, FastAPI's)
+is rewritten into the contract's shape and logged once.
+
+RequestGuard runs inside BentoML's middleware (so its answers are counted per endpoint): for the
+service's API routes it checks the framing before BentoML parses anything (415 type, 413 size, 400
+empty, 408 a body that stops arriving) and answers 503 while the model is not loaded.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from typing import Any
+import asyncio
+import random
+import re
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 from loguru import logger
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bento.errors import EMPTY_BODY, JSON_CONTENT_TYPE, error_body, model_unavailable, rewrite_error
+from bento import errors
+from bento.errors import ErrorAnswer
+
+# The request's id on every log line about it (bento/logs.py reads it) and in the X-Request-ID answer header.
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+# A client's own X-Request-ID is kept when it looks like an id; anything else gets a fresh one.
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+# Error bodies from below are small; a larger one is not ours to parse.
+_MAX_ERROR_BODY = 64 * 1024
+_LOGGED_PATH = 100
+
+
+@dataclass
+class RouteTable:
+    """The app's paths and their methods, read from its routes once (mounted apps included)."""
+
+    exact: dict[str, frozenset[str]] = field(default_factory=dict)
+    patterns: list[tuple[re.Pattern[str], frozenset[str]]] = field(default_factory=list)
+    prefixes: list[str] = field(default_factory=list)  # mounted static files: GET and HEAD below them
+
+    @classmethod
+    def of(cls, routes: Iterable[BaseRoute]) -> RouteTable:
+        table = cls()
+        table._add(routes)
+        return table
+
+    def _add(self, routes: Iterable[BaseRoute]) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                inner = getattr(route.app, "routes", None)
+                if route.path in ("", "/") and inner is not None:
+                    self._add(inner)  # BentoML's passive mount of an ASGI app at the root
+                else:
+                    self.prefixes.append(route.path.rstrip("/") + "/")
+            elif isinstance(route, Route):
+                methods = frozenset(route.methods or {"GET", "HEAD"})
+                if "{" in route.path:
+                    self.patterns.append((route.path_regex, methods))
+                else:
+                    self.exact[route.path] = self.exact.get(route.path, frozenset()) | methods
+
+    def methods(self, path: str) -> frozenset[str] | None:
+        """The methods `path` answers, or None for a path the app does not serve."""
+        if (methods := self.exact.get(path)) is not None:
+            return methods
+        for pattern, methods in self.patterns:
+            if pattern.match(path):
+                return methods
+        if any(path.startswith(prefix) for prefix in self.prefixes):
+            return frozenset({"GET", "HEAD"})
+        return None
+
+
+async def respond(send: Send, answer: ErrorAnswer, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    content = answer.content()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": answer.status,
+            "headers": [
+                (b"content-type", errors.JSON_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(content)).encode()),
+                *answer.headers,
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": content})
+
+
+def log_answer(scope: Scope, answer: ErrorAnswer) -> None:
+    path = scope["path"]
+    bound = logger.bind(
+        status=answer.status,
+        method=scope["method"],
+        path=path if len(path) <= _LOGGED_PATH else f"{path[:_LOGGED_PATH]}... ({len(path)} characters)",
+        error=answer.error[: errors.MAX_TEXT],
+        fields=[field[:_LOGGED_PATH] for field, _ in answer.detail[:10]],
+    )
+    if answer.status == 504:
+        bound.warning("request timed out")
+    elif answer.status >= 500 and answer.status != 503:
+        bound.error("request failed")
+    else:
+        bound.warning("rejected request")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _CLIENT_ID.fullmatch(value):
+            return value.decode()
+    return f"{random.getrandbits(64):016x}"
+
+
+class EdgeGuard:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: RouteTable,
+        *,
+        limited_paths: frozenset[str],
+        max_concurrency: int,
+        draining: Callable[[], bool],
+        on_shed: Callable[[], None],
+        on_unrouted: Callable[[], None],
+    ) -> None:
+        self.app = app
+        self.routes = routes
+        self.limited_paths = limited_paths
+        self.max_concurrency = max_concurrency
+        self.draining = draining
+        self.on_shed = on_shed
+        self.on_unrouted = on_unrouted
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        token = REQUEST_ID.set(request_id)
+        headers = [(b"x-request-id", request_id.encode())]
+        if self.draining():
+            headers.append((b"connection", b"close"))
+        try:
+            path, method = scope["path"], scope["method"]
+            methods = self.routes.methods(path)
+            answer = None
+            if methods is None:
+                answer = errors.not_found(path)
+            elif method not in methods:
+                answer = errors.method_not_allowed(path, method, sorted(methods))
+            if answer is not None:
+                self.on_unrouted()
+                log_answer(scope, answer)
+                await respond(send, answer, headers)
+                return
+            if path not in self.limited_paths:
+                await self.app(scope, receive, _RewritingSend(send, scope, headers))
+                return
+            if self.in_progress >= self.max_concurrency:
+                self.on_shed()
+                await respond(send, errors.overloaded(self.max_concurrency), headers)
+                return
+            self.in_progress += 1
+            try:
+                await self.app(scope, receive, _RewritingSend(send, scope, headers))
+            finally:
+                self.in_progress -= 1
+        finally:
+            REQUEST_ID.reset(token)
+
+
+class _RewritingSend:
+    """Pass 1xx-3xx answers through with our headers; buffer 4xx/5xx ones and rewrite them."""
+
+    __slots__ = ("chunks", "headers", "kept", "scope", "send", "size", "status")
+    # Headers of an error answer from below that mean something to the client, kept in the rewrite.
+    KEPT = frozenset({b"allow", b"retry-after", b"connection"})
+
+    def __init__(self, send: Send, scope: Scope, headers: list[tuple[bytes, bytes]]) -> None:
+        self.send, self.scope, self.headers = send, scope, headers
+        self.status: int | None = None
+        self.kept: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await self.send({**message, "headers": [*message.get("headers", ()), *self.headers]})
+            else:
+                self.status = message["status"]
+                self.kept = [
+                    (name, value) for name, value in message.get("headers", ()) if name.lower() in self.KEPT
+                ]
+            return
+        if self.status is None or message["type"] != "http.response.body":
+            await self.send(message)
+            return
+        chunk = message.get("body", b"")
+        self.size += len(chunk)
+        if self.size <= _MAX_ERROR_BODY:
+            self.chunks.append(chunk)
+        if not message.get("more_body", False):
+            answer = errors.rewrite_error(self.status, b"".join(self.chunks), self.scope["path"])
+            log_answer(self.scope, answer)
+            await respond(self.send, answer, [*self.kept, *self.headers])
 
 
 class RequestGuard:
@@ -24,99 +221,74 @@ class RequestGuard:
         app: ASGIApp,
         *,
         api_paths: frozenset[str],
-        max_body_bytes: int,
+        body_limits: dict[str, int],
+        body_timeout: float,
         model_ready: Callable[[], bool],
-        unavailable_message: str,
+        unavailable_message: Callable[[], str],
     ) -> None:
         self.app = app
         self.api_paths = api_paths
-        self.max_body_bytes = max_body_bytes
+        self.body_limits = body_limits
+        self.body_timeout = body_timeout
         self.model_ready = model_ready
         self.unavailable_message = unavailable_message
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in self.api_paths or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if path in self.api_paths and scope["method"] == "POST":
-            rejection = self._check_headers(scope)
-            if rejection is None:
-                body, rejection = await self._read_body(receive)
-            if rejection is None and not self.model_ready():
-                rejection = model_unavailable(self.unavailable_message)
-            if rejection is not None:
-                await self._respond(send, scope, *rejection)
-                return
-            receive = _replay(body, receive)
-        await self.app(scope, receive, _ErrorRewritingSend(send, scope, self._respond))
+        limit = self.body_limits.get(path, max(self.body_limits.values()))
+        answer = self._check_headers(scope, limit)
+        body = b""
+        if answer is None:
+            body, answer = await self._read_body(receive, limit)
+        if answer is None and not self.model_ready():
+            answer = errors.model_unavailable(self.unavailable_message())
+        if answer is not None:
+            await respond(send, answer)
+            return
+        await self.app(scope, _replay(body, receive), send)
 
-    def _check_headers(self, scope: Scope) -> tuple[int, dict[str, Any]] | None:
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
+    @staticmethod
+    def _check_headers(scope: Scope, limit: int) -> ErrorAnswer | None:
+        length = content_type = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                length = value
+            elif name == b"content-type":
+                content_type = value
         if length == b"0":
-            return EMPTY_BODY
-        content_type = headers.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
-        if content_type != JSON_CONTENT_TYPE:
-            return 415, error_body(
-                "unsupported media type",
-                [
-                    {
-                        "field": "content-type",
-                        "message": f"expected {JSON_CONTENT_TYPE}, got {content_type or 'none'}",
-                    }
-                ],
-            )
-        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return self._too_large()
+            return errors.EMPTY_BODY
+        media_type = (content_type or b"").split(b";")[0].strip().decode("latin-1").lower()
+        if media_type != errors.JSON_CONTENT_TYPE:
+            return errors.unsupported_media_type(media_type[:100])
+        if length is not None and length.isdigit() and int(length) > limit:
+            return errors.too_large(limit)
         return None
 
-    def _too_large(self) -> tuple[int, dict[str, Any]]:
-        return 413, error_body(
-            "request body too large",
-            [{"field": "body", "message": f"the limit is {self.max_body_bytes} bytes"}],
-        )
-
-    async def _read_body(self, receive: Receive) -> tuple[bytes, tuple[int, dict[str, Any]] | None]:
+    async def _read_body(self, receive: Receive, limit: int) -> tuple[bytes, ErrorAnswer | None]:
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return b"", (400, error_body("client disconnected"))
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:  # chunked uploads carry no Content-Length
-                return b"", self._too_large()
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return b"", errors.ErrorAnswer(400, "client disconnected")
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:  # chunked uploads carry no Content-Length
+                        return b"", errors.too_large(limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return b"", errors.body_timeout(self.body_timeout)
         body = b"".join(chunks)
         if not body.strip():
-            return body, EMPTY_BODY
+            return body, errors.EMPTY_BODY
         return body, None
-
-    async def _respond(self, send: Send, scope: Scope, status: int, body: dict[str, Any]) -> None:
-        if status < 500:
-            logger.bind(
-                status=status,
-                method=scope["method"],
-                path=scope["path"],
-                error=body["error"],
-                fields=[item["field"] for item in body["detail"]][:10],
-            ).warning("rejected request")
-        content = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", JSON_CONTENT_TYPE.encode()),
-                    (b"content-length", str(len(content)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -131,28 +303,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-class _ErrorRewritingSend:
-    """Pass 1xx-3xx responses straight through; buffer 4xx/5xx ones and rewrite them."""
-
-    def __init__(self, send: Send, scope: Scope, respond: Callable[..., Any]) -> None:
-        self.send, self.scope, self.respond = send, scope, respond
-        self.status: int | None = None
-        self.chunks: list[bytes] = []
-
-    async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start":
-            if message["status"] < 400:
-                self.status = None
-                await self.send(message)
-            else:
-                self.status = message["status"]
-            return
-        if self.status is None or message["type"] != "http.response.body":
-            await self.send(message)
-            return
-        self.chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            status, body = rewrite_error(self.status, b"".join(self.chunks), self.scope["path"])
-            await self.respond(self.send, self.scope, status, body)

@@ -2,18 +2,18 @@
 
     bentoml serve bento.service:BreastCancerClassifier
 
-Environment:
-  MODEL_TAG          model to serve (default breast_cancer:latest)
-  SERVICE_WORKERS    worker processes (default cpu_count, which follows the cgroup CPU quota)
-  MAX_REQUEST_BYTES  largest accepted request body (default 2 MiB; 1000 batch rows are ~0.8 MB)
-  LOG_LEVEL, LOG_FILE  see bento/logs.py
+Settings come from the environment, documented in k8s/runtime-contract.yaml and read in
+bento/config.py. The model is loaded once per worker and proven before the worker is ready: it must
+reproduce training's own probabilities for the reference rows saved with it (bento/scoring.py),
+then it is compiled to one dot product. Any failure leaves the worker alive and unready, with one
+log line saying why.
 """
 
 from __future__ import annotations
 
-import os
+import asyncio
 import time
-from operator import attrgetter
+from dataclasses import dataclass
 
 import bentoml
 import numpy as np
@@ -21,53 +21,142 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from loguru import logger
 
-from bento import logs
-from bento.errors import model_unavailable
-from bento.guard import RequestGuard
-from bento.schemas import BatchPrediction, BatchRequest, Features, ModelInfo, Prediction
-from wdbc import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME, ModelMetadata
-
-logs.configure()
-
-MODEL_TAG = os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest")
-_workers = os.environ.get("SERVICE_WORKERS", "cpu_count")
-WORKERS: int | str = int(_workers) if _workers.isdigit() else _workers
-MAX_REQUEST_BYTES = int(os.environ.get("MAX_REQUEST_BYTES", str(2 * 1024 * 1024)))
-PREDICTION_PATHS = ("/predict", "/predict_batch")
-
-_feature_values = attrgetter(*FEATURE_NAMES)
-
-# GET /model is served by a small FastAPI app mounted beside the BentoML APIs (BentoML APIs are
-# POST-only); BentoML merges its routes into the service's OpenAPI document.
-model_info_app = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
-
-
-UNAVAILABLE_MESSAGE = f"model {MODEL_TAG} is not loaded; see the service's startup log"
-
-
-@model_info_app.get("/model", response_model=ModelInfo, tags=["Service APIs"])
-async def model_info() -> ModelInfo | JSONResponse:
-    """The served model: tag, creation time, metrics, decision threshold and feature names."""
-    if not _model_loaded():
-        status, body = model_unavailable(UNAVAILABLE_MESSAGE)
-        return JSONResponse(body, status)
-    return bentoml.get_current_service().info
-
-
-out_of_range_features = bentoml.metrics.Counter(
-    name="out_of_range_features",
-    documentation="Feature values outside the range seen in training (the model extrapolates)",
-    labelnames=["feature", "side"],
+from bento import config, errors, logs, protocol, schemas
+from bento.drift import DriftMonitor, DriftReport
+from bento.explain import Explainer, Explanation
+from bento.guard import EdgeGuard, RequestGuard, RouteTable
+from bento.metrics import ServiceMetrics
+from bento.pod import DrainSwitch, WorkerRecord, pod_directory
+from bento.scoring import LinearScorer, ModelCheckFailed, Scorer, load_scorer
+from wdbc import (
+    BENIGN_EXAMPLE,
+    BENIGN_LABEL,
+    FEATURE_DESCRIPTIONS,
+    FEATURE_NAMES,
+    MALIGNANT_EXAMPLE,
+    MALIGNANT_LABEL,
+    MetadataError,
+    ModelMetadata,
+    Reference,
+    ReferenceDataError,
 )
 
+logs.configure()
+protocol.install()
 
-@bentoml.asgi_app(model_info_app, path="/")
+# A single row is under 2 KB of JSON even pretty-printed; a batch of 1000 rows is ~0.8 MB.
+SINGLE_ROW_BYTES = 64 * 1024
+PREDICTION_PATHS = ("/predict", "/predict_batch", "/explain")
+
+
+def _served_metadata() -> ModelMetadata | None:
+    """The served model's metadata, for the API schema's training ranges; the worker reports problems."""
+    try:
+        return ModelMetadata.parse(bentoml.models.get(config.MODEL_TAG).info.metadata)
+    except Exception:  # noqa: BLE001 (no model, or a broken one: the schema goes without ranges)
+        return None
+
+
+_metadata = _served_metadata()
+Features = schemas.features_model(_metadata.feature_stats if _metadata else None)
+BatchRequest, BatchPrediction = schemas.batch_models(Features)
+_DIAGNOSES = (BENIGN_LABEL, MALIGNANT_LABEL)
+_drain = DrainSwitch()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Everything a worker needs to serve, built only once every check has passed."""
+
+    tag: str
+    metadata: ModelMetadata
+    scorer: Scorer
+    info: schemas.ModelInfo
+    train_min: np.ndarray
+    train_max: np.ndarray
+    explainer: Explainer | None
+    reference: Reference
+
+
+def load_model(tag: str) -> LoadedModel:
+    model_ref = bentoml.models.get(tag)
+    metadata = ModelMetadata.parse(model_ref.info.metadata)
+    reference = Reference.from_custom_objects(model_ref.custom_objects)
+    pipeline = bentoml.sklearn.load_model(model_ref)
+    scorer, note = load_scorer(pipeline, reference)
+    stats = metadata.feature_stats
+    info = schemas.ModelInfo(
+        tag=str(model_ref.tag),
+        creation_time=model_ref.info.creation_time,
+        scoring=note,
+        feature_descriptions={name: FEATURE_DESCRIPTIONS[name] for name in FEATURE_NAMES},
+        examples={MALIGNANT_LABEL: MALIGNANT_EXAMPLE, BENIGN_LABEL: BENIGN_EXAMPLE},
+        **dict(metadata),
+    )
+    (logger.info if scorer.compiled else logger.warning)("model {}: {}", info.tag, note)
+    return LoadedModel(
+        tag=info.tag,
+        metadata=metadata,
+        scorer=scorer,
+        info=info,
+        train_min=np.array([stats[name].min for name in FEATURE_NAMES]),
+        train_max=np.array([stats[name].max for name in FEATURE_NAMES]),
+        explainer=Explainer(scorer, reference.features) if isinstance(scorer, LinearScorer) else None,
+        reference=reference,
+    )
+
+
+def unavailable_message() -> str:
+    return f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
+
+
+def _not_found_advice() -> str:
+    if config.IN_KUBERNETES:
+        return (
+            "set the chart's `modelTag` value to a model the image contains (helm upgrade ... --set "
+            "modelTag=breast_cancer:<version>), or deploy an image built with this model (make image)"
+        )
+    return "train it with `make train` (or `python -m training.train` with the same BENTOML_HOME), or set MODEL_TAG"
+
+
+# GET /model and GET /drift are served by a small FastAPI app mounted beside the BentoML APIs
+# (BentoML APIs are POST-only); BentoML merges its routes into the service's OpenAPI document.
+info_app = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
+_UNAVAILABLE_RESPONSE = {503: {"model": errors.ErrorResponse, "description": errors.STATUSES[503]}}
+
+
+def _unavailable() -> JSONResponse:
+    answer = errors.model_unavailable(unavailable_message())
+    return JSONResponse(answer.body(), answer.status)
+
+
+@info_app.get(
+    "/model", response_model=schemas.ModelInfo, tags=["Service APIs"], responses=_UNAVAILABLE_RESPONSE
+)
+async def model_info() -> schemas.ModelInfo | JSONResponse:
+    """The served model: tag, metrics, threshold and its rule, lineage, feature meanings and ranges."""
+    service = bentoml.get_current_service()
+    if service is None or service.model is None:
+        return _unavailable()
+    return service.model.info
+
+
+@info_app.get("/drift", response_model=DriftReport, tags=["Service APIs"], responses=_UNAVAILABLE_RESPONSE)
+async def drift() -> DriftReport | JSONResponse:
+    """Input drift of the pod's latest window of live rows against the training rows."""
+    service = bentoml.get_current_service()
+    if service is None or service.model is None:
+        return _unavailable()
+    return await asyncio.to_thread(service.drift.report)
+
+
+@bentoml.asgi_app(info_app, path="/")
 @bentoml.service(
     name="breast_cancer_classifier",
-    workers=WORKERS,
+    workers=config.WORKERS,
     resources={"cpu": "1", "memory": "512Mi"},
     traffic={"timeout": 10},
-    # Predictions are logged by the service itself, as JSON, without the request body.
+    # Requests are counted by BentoML's metrics and summarised in our own log (bento/logs.py).
     logging={"access": {"enabled": False}},
     # No trace exporter is configured, yet OpenTelemetry's middleware costs ~35 % of a /predict
     # call (measured with py-spy); excluding the hot paths skips it. Remove when exporting traces.
@@ -80,106 +169,214 @@ class BreastCancerClassifier:
         # Imported here, not at module level: `bentoml serve` and `bentoml build` import this module
         # in processes that never predict, and scikit-learn is half of the import time.
         import sklearn
+        from bentoml._internal.context import server_context
 
-        # Pydantic has already rejected NaN, infinities and non-numbers, so scikit-learn's own
-        # per-call input checks are redundant on this path.
+        # Requests are validated before they get here, so scikit-learn's own per-call input checks
+        # are redundant (they matter only when the pipeline itself serves, see bento/scoring.py).
         sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
-        self.pipeline = None  # until everything below has worked: never ready with half a model
+        self.metrics = service_metrics()
+        self.pod = pod_directory()
+        self.worker = WorkerRecord(self.pod, server_context.worker_index or 0)
+        self.worker.started()
+        self.prediction_log = logs.PredictionLog()
+        self.model: LoadedModel | None = None  # until everything below has worked: never half a model
         try:
-            self._load(bentoml.models.get(MODEL_TAG))
+            self.model = load_model(config.MODEL_TAG)
         except bentoml.exceptions.NotFound:
             # Stay up but never ready, so Kubernetes keeps traffic away and the reason is logged.
             logger.error(
-                "model {} not found in the BentoML model store under {}: train it with "
-                "`make train` (or `python -m training.train` with the same BENTOML_HOME), "
-                "or set MODEL_TAG to a model that exists",
-                MODEL_TAG,
-                os.environ.get("BENTOML_HOME", "~/bentoml"),
+                "model {} not found in the BentoML model store under {}: {}",
+                config.MODEL_TAG,
+                config.BENTOML_HOME,
+                _not_found_advice(),
             )
-        except Exception:  # noqa: BLE001 (an invalid tag, a corrupt model, foreign metadata: all mean unready)
-            logger.exception("model {} could not be loaded; the service stays unready", MODEL_TAG)
-
-    def _load(self, model_ref: bentoml.Model) -> None:
-        metadata = ModelMetadata.parse(model_ref.info.metadata)
-        stats = metadata.feature_stats
-        self.tag = str(model_ref.tag)
-        self.threshold = metadata.threshold
-        self.train_min = np.array([stats[name].min for name in FEATURE_NAMES])
-        self.train_max = np.array([stats[name].max for name in FEATURE_NAMES])
-        self.info = ModelInfo(tag=self.tag, creation_time=model_ref.info.creation_time, **dict(metadata))
-        self.pipeline = bentoml.sklearn.load_model(model_ref)
-        cross_validation = metadata.metrics.model_dump()["cross_validation"]
-        logger.bind(model_tag=self.tag, threshold=self.threshold, metrics=cross_validation).info(
-            "loaded model {}", self.tag
+        except (MetadataError, ReferenceDataError, ModelCheckFailed) as reason:
+            logger.error("model {} cannot be served, the service stays unready: {}", config.MODEL_TAG, reason)
+        except Exception:  # noqa: BLE001 (an invalid tag, an unreadable artifact: all mean unready)
+            logger.exception("model {} could not be loaded; the service stays unready", config.MODEL_TAG)
+        self.metrics.model_ready.set(1 if self.model else 0)
+        if self.model is None:
+            return
+        reference = self.model.reference
+        self.drift = DriftMonitor(
+            self.pod,
+            reference.features,
+            reference.logits,
+            float(np.mean(reference.probabilities >= self.model.metadata.threshold)),
+            capacity=config.DRIFT_WINDOW_ROWS,
+            interval=config.DRIFT_EVALUATION_SECONDS,
+            alpha=config.DRIFT_ALPHA,
+            metrics=self.metrics,
         )
+        logger.bind(
+            model_tag=self.model.tag,
+            threshold=self.model.metadata.threshold,
+            metrics=self.model.metadata.metrics.model_dump()["cross_validation"],
+        ).info("loaded model {}", self.model.tag)
+
+    @bentoml.on_startup
+    async def _start_background_work(self) -> None:
+        import gc
+
+        gc.collect()
+        gc.freeze()
+        if self.model is not None:
+            self._evaluations = asyncio.create_task(self._evaluate_drift_periodically())
+
+    @bentoml.on_shutdown
+    async def _stop_background_work(self) -> None:
+        if task := getattr(self, "_evaluations", None):
+            task.cancel()
+        self.worker.stopped()
+
+    async def _evaluate_drift_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.drift.interval)
+            try:
+                # scipy's tests take a few milliseconds: keep them off the event loop.
+                await asyncio.to_thread(self.drift.evaluate_if_due)
+            except Exception:  # noqa: BLE001 (a failed evaluation must not stop the next ones)
+                logger.exception("drift evaluation failed")
 
     async def __is_ready__(self) -> bool:
-        return self.pipeline is not None
+        return self.model is not None and not _drain
 
-    def _predict(self, rows: list[Features]) -> list[Prediction]:  # type: ignore[valid-type]
-        # No model-loaded check here: ErrorContractMiddleware answers 503 before a request gets this far.
+    def _diagnose(self, features: np.ndarray) -> tuple[list[float], list[bool], dict[int, list[str]]]:
         started = time.perf_counter()
-        features = np.array([_feature_values(row) for row in rows], dtype=np.float64)
-        probabilities = self.pipeline.predict_proba(features)[:, 1]
+        model = self.model
+        logits, probabilities = model.scorer.score(features)
         if not np.isfinite(probabilities).all():
             # Inputs are bounded, so this is a bug on our side: a 500, never the client's 4xx that
             # BentoML would make of the output model's validation error.
             raise RuntimeError("the model produced a non-finite probability")
+        malignant = probabilities >= model.metadata.threshold
         warnings = self._range_warnings(features)
-        predictions = [
-            Prediction(
-                diagnosis=MALIGNANT_LABEL if probability >= self.threshold else BENIGN_LABEL,
-                probability_malignant=probability,
-                threshold=self.threshold,
-                model_tag=self.tag,
-                warnings=warnings.get(row, []),
-            )
-            for row, probability in enumerate(probabilities.tolist())
-        ]
-        malignant = sum(prediction.diagnosis == MALIGNANT_LABEL for prediction in predictions)
-        logger.bind(
-            rows=len(predictions),
-            malignant=malignant,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
-        ).info("predicted")
-        return predictions
+        self.drift.window.append(features, logits, malignant)
+        malignant_count = int(malignant.sum())
+        if malignant_count:
+            self.metrics.predictions.labels(diagnosis=MALIGNANT_LABEL).inc(malignant_count)
+        if malignant_count < len(features):
+            self.metrics.predictions.labels(diagnosis=BENIGN_LABEL).inc(len(features) - malignant_count)
+        self.prediction_log.record(len(features), malignant_count, (time.perf_counter() - started) * 1000)
+        return probabilities.tolist(), malignant.tolist(), warnings
 
     def _range_warnings(self, features: np.ndarray) -> dict[int, list[str]]:
         """Messages for the rows with features outside their training range; counted in /metrics."""
+        model = self.model
+        below, above = features < model.train_min, features > model.train_max
+        if not (below.any() or above.any()):
+            return {}
         warnings: dict[int, list[str]] = {}
         for side, mask, bound_name, bound in (
-            ("below", features < self.train_min, "min", self.train_min),
-            ("above", features > self.train_max, "max", self.train_max),
+            ("below", below, "min", model.train_min),
+            ("above", above, "max", model.train_max),
         ):
-            for row, column in zip(*np.nonzero(mask)):
+            for row, column in zip(*np.nonzero(mask), strict=True):
                 name = FEATURE_NAMES[column]
                 warnings.setdefault(int(row), []).append(
                     f"{name} is {side} the training range ({bound_name} {bound[column]:g})"
                 )
-                out_of_range_features.labels(feature=name, side=side).inc()
+                self.metrics.out_of_range.labels(feature=name, side=side).inc()
         return warnings
 
     @bentoml.api(route="/predict")
-    async def predict(self, features: Features, /) -> Prediction:  # type: ignore[valid-type]
+    async def predict(self, features: Features, /) -> schemas.Prediction:  # type: ignore[valid-type]
         """Diagnose one sample."""
-        return self._predict([features])[0]
+        matrix = np.array([[getattr(features, name) for name in FEATURE_NAMES]])
+        (probability,), (malignant,), warnings = self._diagnose(matrix)
+        return schemas.Prediction(
+            diagnosis=_DIAGNOSES[malignant],
+            probability_malignant=probability,
+            threshold=self.model.metadata.threshold,
+            model_tag=self.model.tag,
+            warnings=warnings.get(0, []),
+        )
 
     @bentoml.api(route="/predict_batch")
-    async def predict_batch(self, request: BatchRequest, /) -> BatchPrediction:
+    async def predict_batch(self, request: BatchRequest, /) -> BatchPrediction:  # type: ignore[valid-type]
         """Diagnose up to 1000 samples in one call; predictions keep the order of the instances."""
-        return BatchPrediction(predictions=self._predict(request.instances))
+        probabilities, malignant, warnings = self._diagnose(request.matrix())
+        threshold, tag = self.model.metadata.threshold, self.model.tag
+        return BatchPrediction.from_rows(
+            [
+                {
+                    "diagnosis": _DIAGNOSES[flag],
+                    "probability_malignant": probability,
+                    "threshold": threshold,
+                    "model_tag": tag,
+                    "warnings": warnings.get(row, []),
+                }
+                for row, (probability, flag) in enumerate(zip(probabilities, malignant, strict=True))
+            ]
+        )
+
+    @bentoml.api(route="/explain")
+    async def explain(self, features: Features, /) -> Explanation:  # type: ignore[valid-type]
+        """Diagnose one sample and show each feature's exact contribution to the model's logit."""
+        model = self.model
+        if model.explainer is None:
+            answer = errors.not_explainable("the served model is not StandardScaler + LogisticRegression")
+            return JSONResponse(answer.body(), answer.status)
+        row = np.array([getattr(features, name) for name in FEATURE_NAMES])
+        (probability,), (malignant,), _ = self._diagnose(row[np.newaxis])
+        logit, baseline, measurements = model.explainer.explain(row)
+        return Explanation(
+            diagnosis=_DIAGNOSES[malignant],
+            probability_malignant=probability,
+            threshold=model.metadata.threshold,
+            model_tag=model.tag,
+            logit=logit,
+            baseline=Explainer.baseline(baseline),
+            measurements=measurements,
+        )
+
+
+_metrics: ServiceMetrics | None = None
+
+
+def service_metrics() -> ServiceMetrics:
+    """Created once per worker, on first use (after BentoML has set up Prometheus' multiprocess mode)."""
+    global _metrics
+    if _metrics is None:
+        _metrics = ServiceMetrics.create()
+    return _metrics
 
 
 def _model_loaded() -> bool:
     service = bentoml.get_current_service()
-    return service is not None and service.pipeline is not None
+    return service is not None and service.model is not None
 
 
+API_PATHS = frozenset(api.route for api in BreastCancerClassifier.apis.values())
 BreastCancerClassifier.add_asgi_middleware(
     RequestGuard,
     # The service's own API routes: a new endpoint is guarded without being listed twice.
-    api_paths=frozenset(api.route for api in BreastCancerClassifier.apis.values()),
-    max_body_bytes=MAX_REQUEST_BYTES,
+    api_paths=API_PATHS,
+    body_limits={path: SINGLE_ROW_BYTES for path in API_PATHS} | {"/predict_batch": config.MAX_REQUEST_BYTES},
+    body_timeout=config.BODY_TIMEOUT_SECONDS,
     model_ready=_model_loaded,
-    unavailable_message=UNAVAILABLE_MESSAGE,
+    unavailable_message=unavailable_message,
 )
+
+# BentoML adds middleware inside its own (request metrics, tracing, timeout), so a middleware never
+# sees a request before BentoML's metrics label it with the client's path. The edge guard must, so
+# it wraps the app BentoML builds for this service: BentoML's Service.to_asgi, extended.
+_bentoml_to_asgi = bentoml.Service.to_asgi
+
+
+def _to_asgi_behind_the_edge_guard(service: bentoml.Service, is_main: bool = True):  # type: ignore[type-arg]
+    app = _bentoml_to_asgi(service, is_main)
+    if service is not BreastCancerClassifier:
+        return app
+    return EdgeGuard(
+        app,
+        RouteTable.of(app.routes),
+        limited_paths=API_PATHS,
+        max_concurrency=config.MAX_CONCURRENCY,
+        draining=_drain.__bool__,
+        on_shed=lambda: service_metrics().shed.inc(),
+        on_unrouted=lambda: service_metrics().unrouted.inc(),
+    )
+
+
+bentoml.Service.to_asgi = _to_asgi_behind_the_edge_guard  # type: ignore[method-assign]

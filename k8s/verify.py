@@ -4,8 +4,11 @@
 
 The e2e and deploy jobs of .github/workflows/ci.yml run it after `helm upgrade`. It waits for the
 Deployment's rollout, checks that the HPA and the PDB target it and that its pods are Ready, then
-port-forwards to each pod through the API server and checks the diagnoses of a known malignant and
-a known benign row. On failure it prints events and pod logs and exits 1 with the reason.
+port-forwards to each pod through the API server, checks that the pod serves the release's model
+(GET /model against the Deployment's MODEL_TAG) and the diagnoses of a known malignant and a known
+benign row. When pods never become ready, the failure names why: the readiness probe's last failure
+(from the pod's events) and the service's last ERROR log line. On failure it prints events and pod
+logs and exits 1 with the reason.
 
 The checks are pure functions on the API's JSON form of each object, the shape `helm template`
 renders, so tests/k8s/test_verify.py runs them on the chart without a cluster. Only `Cluster` and
@@ -20,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client, config
@@ -112,24 +116,84 @@ def selector_matches(selector: Obj, labels: Mapping[str, str]) -> bool:
     return True
 
 
-def pod_problems(pods: Iterable[Obj]) -> list[str]:
-    """Every pod that is not being deleted must be Ready; say why not (e.g. CrashLoopBackOff)."""
+def pod_problems(
+    pods: Iterable[Obj], events: Iterable[Obj] = (), logs: Mapping[str, str] | None = None
+) -> list[str]:
+    """Every pod that is not being deleted must be Ready; say why not.
+
+    The reasons: the container's waiting state (e.g. CrashLoopBackOff), the last probe failure among
+    the pod's events, and the last ERROR line of its log (`logs` maps pod names to log text).
+    """
     live = [pod for pod in pods if not pod["metadata"].get("deletionTimestamp")]
     if not live:
         return ["no running pods match the deployment's selector"]
+    events = list(events)
     problems = []
     for pod in live:
         status = pod.get("status") or {}
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
         if not ready:
+            name = pod["metadata"]["name"]
             waiting = [
                 f"{c['name']}: {c['state']['waiting'].get('reason')}"
                 for c in status.get("containerStatuses") or []
                 if (c.get("state") or {}).get("waiting")
             ]
             detail = "; ".join([status.get("phase", "unknown phase"), *waiting])
-            problems.append(f"pod {pod['metadata']['name']} is not Ready ({detail})")
+            reasons = [
+                f"{source}: {reason}"
+                for source, reason in (
+                    ("probe", last_probe_failure(events, name)),
+                    ("service log", last_error((logs or {}).get(name, ""))),
+                )
+                if reason
+            ]
+            problems.append(f"pod {name} is not Ready ({detail})" + "".join(f"; {r}" for r in reasons))
     return problems
+
+
+def _event_time(event: Obj) -> datetime:
+    """When the event last happened (core/v1 Events carry one of several timestamps)."""
+    stamp = (
+        (event.get("series") or {}).get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("firstTimestamp")
+    )
+    if not stamp:
+        return datetime.min.replace(tzinfo=UTC)
+    moment = stamp if isinstance(stamp, datetime) else datetime.fromisoformat(stamp)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def last_probe_failure(events: Iterable[Obj], pod: str) -> str | None:
+    """The message of the pod's latest failed-probe event, e.g. "Readiness probe failed: HTTP probe
+    failed with statuscode: 503"; readiness first, as it is what keeps a pod unready."""
+    failures = [
+        event
+        for event in events
+        if (event.get("involvedObject") or {}).get("name") == pod
+        and event.get("reason") == "Unhealthy"
+        and "probe failed" in (event.get("message") or "")
+    ]
+    readiness = [event for event in failures if event["message"].startswith("Readiness")]
+    if not failures:
+        return None
+    return max(readiness or failures, key=_event_time)["message"].strip()
+
+
+def last_error(log: str) -> str | None:
+    """The message of the last ERROR (or CRITICAL) line of the service's JSON log, which names the
+    model problem (e.g. "model breast_cancer:abc not found in the BentoML model store ...")."""
+    message = None
+    for line in log.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # BentoML's own startup lines, or a truncated line
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("ERROR", "CRITICAL") and entry.get("message"):
+            message = str(entry["message"])
+    return message
 
 
 def http_port(deployment: Obj, name: str = "http") -> int:
@@ -155,14 +219,54 @@ def answer_problem(expected: str, status: int, body: str) -> str | None:
     return None
 
 
-def post_json(sock: Any, path: str, payload: Obj, timeout: float = 30) -> tuple[int, str]:
-    """POST JSON over an already-connected socket (a port-forward stream or a plain TCP socket)."""
+def expected_model_tag(deployment: Obj) -> str | None:
+    """The release's model: the service container's MODEL_TAG (the chart's modelTag), if set."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    for variable in container.get("env") or []:
+        if variable.get("name") == "MODEL_TAG":
+            return variable.get("value") or None  # valueFrom cannot be resolved here
+    return None
+
+
+def model_problem(expected: str | None, status: int, body: str) -> tuple[str | None, str | None]:
+    """(problem or None, served tag) from GET /model's answer.
+
+    A tag without a version, or with version `latest`, is resolved by the service to the newest
+    version of that model, so only the name is compared then.
+    """
+    if status != 200:
+        return f"/model answered HTTP {status}: {body[:300]}", None
+    try:
+        served = json.loads(body)["tag"]
+    except (ValueError, KeyError, TypeError):
+        return f"/model answered without a tag: {body[:300]}", None
+    if not isinstance(served, str):
+        return f"/model answered a tag that is not a string: {served!r}", None
+    if expected is None:
+        return None, served
+    name, _, version = expected.partition(":")
+    if version in ("", "latest"):
+        matches = served.partition(":")[0] == name
+    else:
+        matches = served == expected
+    if not matches:
+        return f"serves model {served}, not the release's {expected} (MODEL_TAG)", served
+    return None, served
+
+
+def request(
+    sock: Any, method: str, path: str, payload: Obj | None = None, timeout: float = 30
+) -> tuple[int, str]:
+    """One HTTP request over an already-connected socket (a port-forward stream or a plain TCP socket)."""
     sock.settimeout(timeout)
     connection = http.client.HTTPConnection("localhost")  # the host only names the Host header
     connection.sock = sock
     try:
-        headers = {"Content-Type": "application/json"}
-        connection.request("POST", path, body=json.dumps(payload), headers=headers)
+        if payload is None:
+            connection.request(method, path)
+        else:
+            body, headers = json.dumps(payload), {"Content-Type": "application/json"}
+            connection.request(method, path, body=body, headers=headers)
         response = connection.getresponse()
         return response.status, response.read().decode(errors="replace")
     finally:
@@ -218,16 +322,33 @@ class Cluster:
         pods = self._items(self.core.list_namespaced_pod, match_labels)
         return [pod for pod in pods if selector_matches(selector, pod["metadata"].get("labels") or {})]
 
-    def predict(self, pod: str, port: int, payload: Obj) -> tuple[int, str]:
+    def request(
+        self, pod: str, port: int, method: str, path: str, payload: Obj | None = None
+    ) -> tuple[int, str]:
+        """One HTTP request to the pod's port, through the API server's port-forward."""
         connect = self.core.connect_get_namespaced_pod_portforward
         forward = portforward(connect, pod, self.namespace, ports=str(port))
         try:
-            return post_json(forward.socket(port), "/predict", payload)
+            return request(forward.socket(port), method, path, payload)
         except OSError as exc:
             detail = forward.error(port) or ""
             raise VerificationError(f"port-forward to {pod}:{port} failed: {exc} {detail}") from exc
         finally:
             forward.close()
+
+    def events(self, pod: str) -> list[dict]:
+        found = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={pod}")
+        return self.api.sanitize_for_serialization(found)["items"]
+
+    def log(self, pod: Obj) -> str:
+        """The tail of the service container's log; empty when the container never started."""
+        name, container = pod["metadata"]["name"], pod["spec"]["containers"][0]["name"]
+        try:
+            return self.core.read_namespaced_pod_log(
+                name, self.namespace, container=container, tail_lines=200
+            )
+        except client.ApiException:
+            return ""
 
     def dump_diagnostics(self, prefix: str) -> None:
         """Events about the release's objects and the tail of every pod's logs, to stderr."""
@@ -254,6 +375,22 @@ class Cluster:
                 print(log, file=sys.stderr)
 
 
+def unready_pod_problems(cluster: Cluster, deployment: Obj) -> list[str]:
+    """pod_problems with the events and logs of the pods that are not Ready."""
+    pods = cluster.pods(deployment)
+    unready = [
+        pod
+        for pod in pods
+        if not any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (pod.get("status") or {}).get("conditions") or []
+        )
+    ]
+    events = [event for pod in unready for event in cluster.events(pod["metadata"]["name"])]
+    logs = {pod["metadata"]["name"]: cluster.log(pod) for pod in unready}
+    return pod_problems(pods, events, logs)
+
+
 def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
     """Run every check against the live release; returns the Deployment's name or raises."""
     deadline = time.monotonic() + timeout
@@ -262,23 +399,29 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
         deployment = cluster.deployment()
         # Both are optional in the chart (autoscaling.enabled, podDisruptionBudget.enabled).
         hpa = cluster.optional(cluster.autoscaling.list_namespaced_horizontal_pod_autoscaler, "HPA")
-        done, message = rollout_status(deployment, hpa)
+        try:
+            done, message = rollout_status(deployment, hpa)
+        except VerificationError as exc:  # past its progress deadline: say what holds the pods back
+            raise VerificationError(
+                "; ".join([str(exc), *unready_pod_problems(cluster, deployment)])
+            ) from None
         if message != last:
             print(f"verify: {message}", flush=True)
             last = message
         if done:
             break
         if time.monotonic() > deadline:
-            raise VerificationError(f"rollout did not finish within {timeout:.0f}s: {message}")
+            reasons = unready_pod_problems(cluster, deployment)
+            raise VerificationError(
+                "; ".join([f"rollout did not finish within {timeout:.0f}s: {message}", *reasons])
+            )
         time.sleep(poll)
 
     pdb = cluster.optional(cluster.policy.list_namespaced_pod_disruption_budget, "PDB")
     pods = [p for p in cluster.pods(deployment) if not p["metadata"].get("deletionTimestamp")]
-    problems = (
-        (hpa_problems(hpa, deployment) if hpa else [])
-        + (pdb_problems(pdb, deployment) if pdb else [])
-        + pod_problems(pods)
-    )
+    problems = (hpa_problems(hpa, deployment) if hpa else []) + (pdb_problems(pdb, deployment) if pdb else [])
+    if pod_problems(pods):
+        problems += unready_pod_problems(cluster, deployment)
     if problems:
         raise VerificationError("; ".join(problems))
     targets = (
@@ -287,9 +430,15 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
     print(f"verify: {targets} target {deployment['metadata']['name']}; {len(pods)} pods are Ready")
 
     port = http_port(deployment)
+    expected_tag = expected_model_tag(deployment)
     for pod in (p["metadata"]["name"] for p in pods):
+        problem, served = model_problem(expected_tag, *cluster.request(pod, port, "GET", "/model"))
+        if problem:
+            raise VerificationError(f"pod {pod}: {problem}")
+        unchecked = "" if expected_tag else " (the Deployment sets no MODEL_TAG to compare it with)"
+        print(f"verify: pod {pod} serves model {served}{unchecked}", flush=True)
         for expected, row in EXAMPLES:
-            problem = answer_problem(expected, *cluster.predict(pod, port, row))
+            problem = answer_problem(expected, *cluster.request(pod, port, "POST", "/predict", row))
             if problem:
                 raise VerificationError(f"pod {pod}: {problem}")
         print(f"verify: pod {pod} diagnosed the known malignant and benign rows correctly", flush=True)

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Builds the bento (bentofile.yaml) and its container image, tagged <repository>:<bento version>,
+# Builds the bento and its container image, tagged <repository>:<bento version>,
 # <repository>:<service version> (pyproject.toml; the Helm chart's default tag, its appVersion) and
 # <repository>:latest, then prints the image size. `make image` runs it once the model is trained.
 #
+# The image serves one exact model version, never `latest`: the bento is built from a copy of
+# bentofile.yaml naming only that model and setting the image's MODEL_TAG to it (training/image.py).
+#
+#   MODEL_TAG         the model to package (default: the registry's promoted model if the store has
+#                     it, else the store's breast_cancer:latest; either way resolved to its version)
+#   REGISTRY          the model registry (default registry/; see training/registry.py)
 #   IMAGE_REPOSITORY  image repository (default breast-cancer-classifier)
 #   ENGINE            docker | podman (default: the one present, see scripts/container-engine.sh)
 #   BENTOML_HOME      BentoML store holding the trained model (default .bentoml)
@@ -25,16 +31,26 @@ info_file="${IMAGE_INFO_FILE:-.bentoml/last-image.env}"
 now() { echo $((${EPOCHREALTIME/./} / 1000)); } # milliseconds
 elapsed() { local ms=$(($(now) - $1)); printf '%d.%d s' $((ms / 1000)) $((ms % 1000 / 100)); }
 
+scratch=$(mktemp -d "${TMPDIR:-/tmp}/build-image.XXXXXX")
+trap 'rm -rf "$scratch"' EXIT
+
 start=$(now)
 commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
 version=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
-bento_tag=$(bentoml build --output tag --label "source_commit=$commit" --label "version=$version" \
+model_tag=$(python -m training.image model-tag) # exits non-zero, saying why, when there is no model
+python -m training.image bentofile "$model_tag" "$scratch/bentofile.yaml"
+bento_tag=$(bentoml build . --bentofile "$scratch/bentofile.yaml" --output tag \
+    --label "source_commit=$commit" --label "version=$version" --label "model_tag=$model_tag" \
     | sed -n 's/^__tag__://p')
 bento_info=$(python -c '
 import sys, bentoml
 bento = bentoml.get(sys.argv[1])
-print(bento.path, bento.info.models[0].tag)' "$bento_tag")
-read -r bento_path model_tag <<<"$bento_info"
+print(bento.path, *(model.tag for model in bento.info.models))' "$bento_tag")
+read -r bento_path bento_models <<<"$bento_info"
+if [[ "$bento_models" != "$model_tag" ]]; then
+    echo "bento $bento_tag carries model(s) '$bento_models', expected exactly $model_tag" >&2
+    exit 1
+fi
 echo "bentoml build: $bento_tag with $model_tag in $(elapsed "$start")"
 
 bash scripts/build-base-image.sh "$(awk '/^FROM /{print $2; exit}' "$bento_path/env/docker/Dockerfile")"
@@ -44,8 +60,8 @@ start=$(now)
 # BentoML 1.4.40 rejects the bento's own dockerfile_template at containerize time unless its
 # temporary build context lies under the working directory (bentoml/BentoML#5566): run it from a
 # fresh TMPDIR that is also the working directory.
-context_dir=$(mktemp -d "${TMPDIR:-/tmp}/bentoml-containerize.XXXXXX")
-trap 'rm -rf "$context_dir"' EXIT
+context_dir="$scratch/containerize"
+mkdir "$context_dir"
 (
     cd "$context_dir"
     # Host networking: these machines allow no traffic from the engine's bridge network.

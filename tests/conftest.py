@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 
 from harness.paths import REPO_ROOT
-from harness.servers import Server, start_service
+from harness.servers import Server, serving, start_service
 
 
 def skip_or_fail(message: str) -> NoReturn:
@@ -63,16 +64,32 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
-def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    logs = tmp_path_factory.mktemp("serve")
-    # LOG_FILE on, as a user asking for the rotating file would: tests read both stdout and the file.
-    server = start_service(model_store, logs / "serve.log", LOG_FILE=str(logs / "logs" / "api.log"))
-    try:
-        server.wait_until_ready()
+@contextmanager
+def own_server(
+    model_store: Path, tmp_path_factory: pytest.TempPathFactory, ready: bool = True, **env: str
+) -> Iterator[Server]:
+    """`bentoml serve` on its own copy of the store (BentoML empties a home's metrics at every start,
+    so servers never share one), stopped afterwards."""
+    workdir = tmp_path_factory.mktemp("server")
+    home = workdir / "bentoml"
+    shutil.copytree(model_store, home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir", "pod-*"))
+    server = start_service(home, workdir / "serve.log", **env)
+    with serving(server, ready_path="/readyz" if ready else None):
         yield server
-    finally:
-        server.stop()
+
+
+@pytest.fixture(scope="session")
+def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session server's LOG_FILE (in a directory that does not exist yet: the service creates it)."""
+    return tmp_path_factory.mktemp("serve") / "logs" / "api.log"
+
+
+@pytest.fixture(scope="session")
+def server(model_store: Path, log_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    # LOG_FILE on, as a user asking for the rotating file would: tests read both stdout and the file.
+    # Summaries every second, so the tests see them.
+    with own_server(model_store, tmp_path_factory, LOG_FILE=str(log_file), PREDICTION_SUMMARY_SECONDS="1") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

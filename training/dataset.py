@@ -1,7 +1,10 @@
 """The breast-cancer CSV: write it from scikit-learn's bundled copy, read and validate any CSV of its layout.
 
 The layout is that of the widely used public WDBC CSV: `id`, `diagnosis` (M/B), then the 30 features.
-The public file also carries an empty trailing column; columns without any data are dropped on read.
+The public file is accepted as distributed: its headers `concave points_mean`, `concave points_se` and
+`concave points_worst` are normalised (spaces to underscores), and its empty trailing column (a
+trailing comma on every line) is dropped with any other column without data. Problems are reported
+by line as an editor numbers them: the header is line 1, the first data row line 2.
 
     python -m training.dataset --output data/breast-cancer.csv
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +61,23 @@ def write_csv(path: Path = DEFAULT_CSV) -> Path:
 
 
 def load_csv(path: Path) -> Dataset:
-    """Read a WDBC-layout CSV; raise DatasetError naming the column and row of the first problem."""
+    """Read a WDBC-layout CSV; raise DatasetError naming the column and line of the first problem."""
     raw = path.read_bytes()
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        # Blank lines are kept (and dropped below) so that a row's index still gives its line;
+        # index_col=False: a trailing comma on data lines only must not turn `id` into the index.
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as error:  # e.g. a row with more fields than the header
+        raise DatasetError(f"{path}: {error}".strip()) from None
+    frame.index = frame.index + 2  # the line each row is on: the header is line 1
+    frame.columns = [normalise_header(column) for column in frame.columns]
+    duplicated = sorted({column for column in frame.columns if list(frame.columns).count(column) > 1})
+    if duplicated:
+        raise DatasetError(f"{path}: column(s) named twice: {', '.join(duplicated)}")
     frame = frame.loc[:, [column for column in frame.columns if _has_data(frame[column])]]
+    frame = frame.loc[frame.apply(lambda column: column.str.strip().ne("")).any(axis=1)]
 
     missing = [column for column in (LABEL_COLUMN, *FEATURE_NAMES) if column not in frame.columns]
     if missing:
@@ -74,10 +88,10 @@ def load_csv(path: Path) -> Dataset:
     labels = frame[LABEL_COLUMN].str.strip().str.upper()
     unknown = ~labels.isin(LABEL_CODES.keys())
     if unknown.any():
-        row = _first_row(unknown)
+        line = _first_line(unknown)
         raise DatasetError(
-            f"{path}: column '{LABEL_COLUMN}', row {row}: "
-            f"expected M or B, got {frame[LABEL_COLUMN].iloc[row - 1]!r}"
+            f"{path}: line {line}, column '{LABEL_COLUMN}': "
+            f"expected M or B, got {frame.at[line, LABEL_COLUMN]!r}"
         )
 
     counts = labels.value_counts()
@@ -90,10 +104,15 @@ def load_csv(path: Path) -> Dataset:
 
     features = pd.DataFrame({name: _numeric_column(frame, name, path) for name in FEATURE_NAMES})
     return Dataset(
-        features=features,
-        labels=labels.map(LABEL_CODES).astype(int).rename(LABEL_COLUMN),
+        features=features.reset_index(drop=True),
+        labels=labels.map(LABEL_CODES).astype(int).rename(LABEL_COLUMN).reset_index(drop=True),
         sha256=hashlib.sha256(raw).hexdigest(),
     )
+
+
+def normalise_header(name: str) -> str:
+    """`concave points_mean` (the public file's spelling) -> `concave_points_mean`."""
+    return re.sub(r"\s+", "_", name.strip())
 
 
 def _has_data(column: pd.Series) -> bool:
@@ -105,16 +124,16 @@ def _numeric_column(frame: pd.DataFrame, name: str, path: Path) -> pd.Series:
     values = pd.to_numeric(text, errors="coerce")
     bad = values.isna() | ~np.isfinite(values)
     if bad.any():
-        row = _first_row(bad)
+        line = _first_line(bad)
         raise DatasetError(
-            f"{path}: column '{name}', row {row}: expected a finite number, got {text.iloc[row - 1]!r}"
+            f"{path}: line {line}, column '{name}': expected a finite number, got {text.at[line]!r}"
         )
     return values.astype("float64")
 
 
-def _first_row(mask: pd.Series) -> int:
-    """1-based data row number (the header is row 0) of the first True in mask."""
-    return int(np.flatnonzero(mask.to_numpy())[0]) + 1
+def _first_line(mask: pd.Series) -> int:
+    """The line of the first True in mask (rows are indexed by their line, see load_csv)."""
+    return int(mask.index[mask.to_numpy()][0])
 
 
 def main() -> None:

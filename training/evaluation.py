@@ -1,6 +1,8 @@
 """Scoring a fitted model: cross-validation for the gate, the held-out part once for the report.
 
 Held-out predictions and metrics are computed here, once, and handed to the metadata and the report.
+What a training run produced (TrainingRun) is defined here too, so that the report can take it
+without importing training.train.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import (
     accuracy_score,
+    average_precision_score,
     classification_report,
     confusion_matrix,
     precision_recall_fscore_support,
@@ -21,7 +24,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from wdbc import CLASS_LABELS
+from wdbc import CLASS_LABELS, ModelMetadata, Reference
 from wdbc.metadata import ClassScores, CrossValidated, Holdout
 
 CV_FOLDS = 5
@@ -87,6 +90,7 @@ class HoldoutEvaluation:
     probabilities: np.ndarray
     predictions: np.ndarray
     metrics: Holdout
+    average_precision: float  # area under the precision-recall curve (report only, not in the metadata)
     report: str  # scikit-learn's classification report, as text
 
 
@@ -114,4 +118,28 @@ def evaluate_holdout(model: TrainedModel, features: np.ndarray, labels: np.ndarr
     text = classification_report(
         labels, predictions, labels=[0, 1], target_names=list(CLASS_LABELS), digits=4, zero_division=0
     )
-    return HoldoutEvaluation(labels, probabilities, predictions, metrics, text)
+    average_precision = float(average_precision_score(labels, probabilities))
+    return HoldoutEvaluation(labels, probabilities, predictions, metrics, average_precision, text)
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    """Why the threshold is what it is: the rule's inputs (out-of-fold probabilities of the training
+    part) and parameters, kept for the report."""
+
+    threshold: float
+    beta: float  # the F-beta score's beta
+    cap: float  # the threshold is never above this
+    labels: np.ndarray
+    probabilities: np.ndarray  # out-of-fold P(malignant) of each training row
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    model: TrainedModel
+    metadata: ModelMetadata  # saved with the model
+    reference: Reference  # saved with the model (custom object); its features are the training part
+    holdout: HoldoutEvaluation
+    threshold_choice: ThresholdChoice
+    train_labels: np.ndarray
+    gate_failures: list[str]

@@ -8,6 +8,9 @@ part; fit StandardScaler + LogisticRegression on the whole training part with a 
 chosen from cross-validated probabilities; score the held-out part once; save the pipeline to the
 BentoML model store with its typed metadata (wdbc.ModelMetadata) and reference rows
 (wdbc.Reference); write the report. A failed gate exits 1 and saves nothing.
+
+The model's lineage records the registry's promoted model at training time (compared_with; see
+training/registry.py): `python -m training.promote promote <tag>` then decides whether it replaces it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ import argparse
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import bentoml
 import numpy as np
 import sklearn
+from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
 from sklearn.pipeline import Pipeline
@@ -33,13 +36,15 @@ from training.dataset import DEFAULT_CSV, Dataset, DatasetError, load_csv, write
 from training.evaluation import (
     CV_FOLDS,
     QUALITY_GATE,
-    HoldoutEvaluation,
+    ThresholdChoice,
     TrainedModel,
+    TrainingRun,
     evaluate_holdout,
     fold_scores,
     gate_failures,
     summarise,
 )
+from training.registry import Registry, RegistryError
 from wdbc import FEATURE_NAMES, MODEL_NAME, ModelMetadata, Reference
 from wdbc.metadata import FeatureStats, Lineage, Metrics
 from wdbc.reference import CUSTOM_OBJECT_NAME
@@ -56,16 +61,6 @@ THRESHOLD_RULE = (
 )
 
 
-@dataclass(frozen=True)
-class TrainingRun:
-    model: TrainedModel
-    metadata: ModelMetadata  # saved with the model
-    reference: Reference  # saved with the model (custom object)
-    holdout: HoldoutEvaluation
-    train_labels: np.ndarray
-    gate_failures: list[str]
-
-
 def make_pipeline(seed: int) -> Pipeline:
     return Pipeline(
         [
@@ -75,13 +70,31 @@ def make_pipeline(seed: int) -> Pipeline:
     )
 
 
-def choose_threshold(features: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    """The threshold maximising F2 on out-of-fold probabilities of these rows only."""
+def threshold_choice(
+    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None = None
+) -> ThresholdChoice:
+    """The threshold maximising F2 on out-of-fold probabilities of these rows only.
+
+    recipe: the pipeline whose parameters to fit (cloned, so a fitted one serves as well; default
+    make_pipeline(seed)). Promotion passes two models' stored pipelines, to refit each as training did.
+    """
     folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=seed)
     probabilities = cross_val_predict(
-        make_pipeline(seed), features, labels, cv=folds, method="predict_proba"
+        _recipe(recipe, seed), features, labels, cv=folds, method="predict_proba"
     )[:, 1]
-    return best_f_beta_threshold(probabilities, labels)
+    return ThresholdChoice(
+        threshold=best_f_beta_threshold(probabilities, labels),
+        beta=THRESHOLD_F_BETA,
+        cap=THRESHOLD_CAP,
+        labels=labels,
+        probabilities=probabilities,
+    )
+
+
+def choose_threshold(
+    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None = None
+) -> float:
+    return threshold_choice(features, labels, seed, recipe).threshold
 
 
 def best_f_beta_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -102,9 +115,35 @@ def best_f_beta_threshold(probabilities: np.ndarray, labels: np.ndarray) -> floa
     return float(ranked[np.flatnonzero(candidates)[np.argmax(f_beta[candidates])]])
 
 
-def fit(features: np.ndarray, labels: np.ndarray, seed: int) -> TrainedModel:
-    threshold = choose_threshold(features, labels, seed)
-    return TrainedModel(make_pipeline(seed).fit(features, labels), threshold)
+def fit(
+    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None = None
+) -> TrainedModel:
+    return _fit(features, labels, seed, recipe)[0]
+
+
+def _fit(
+    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None
+) -> tuple[TrainedModel, ThresholdChoice]:
+    choice = threshold_choice(features, labels, seed, recipe)
+    return TrainedModel(_recipe(recipe, seed).fit(features, labels), choice.threshold), choice
+
+
+def _recipe(recipe: BaseEstimator | None, seed: int) -> BaseEstimator:
+    """A fresh unfitted copy: fitting never touches the caller's (possibly stored, fitted) pipeline."""
+    return make_pipeline(seed) if recipe is None else clone(recipe)
+
+
+def split(data: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Training features, held-out features, training labels, held-out labels: the same for the same
+    data and seed, so promotion can rebuild the split a model was trained and scored on."""
+    # Plain arrays in FEATURE_NAMES order: the service feeds the model the same way.
+    return train_test_split(
+        data.features.to_numpy(),
+        data.labels.to_numpy(),
+        test_size=TEST_SIZE,
+        stratify=data.labels,
+        random_state=seed,
+    )
 
 
 def feature_statistics(features: np.ndarray) -> dict[str, FeatureStats]:
@@ -136,24 +175,19 @@ def source_commit() -> str:
     return described.stdout.strip() if described.returncode == 0 else "unknown"
 
 
-def train(data: Dataset, seed: int, compared_with: str | None = None) -> TrainingRun:
-    """Everything but the side effects (saving, reporting)."""
+def train(
+    data: Dataset, seed: int, compared_with: str | None = None, recipe: BaseEstimator | None = None
+) -> TrainingRun:
+    """Everything but the side effects (saving, reporting). recipe: see threshold_choice."""
     # The matrices are tiny: BLAS threads only add contention (measured 5x slower when on).
     with threadpool_limits(limits=1):
-        return _train(data, seed, compared_with)
+        return _train(data, seed, compared_with, recipe)
 
 
-def _train(data: Dataset, seed: int, compared_with: str | None) -> TrainingRun:
-    # Plain arrays in FEATURE_NAMES order: the service feeds the model the same way.
-    train_x, test_x, train_y, test_y = train_test_split(
-        data.features.to_numpy(),
-        data.labels.to_numpy(),
-        test_size=TEST_SIZE,
-        stratify=data.labels,
-        random_state=seed,
-    )
-    cv_metrics = summarise(fold_scores(lambda x, y: fit(x, y, seed), train_x, train_y, seed))
-    model = fit(train_x, train_y, seed)
+def _train(data: Dataset, seed: int, compared_with: str | None, recipe: BaseEstimator | None) -> TrainingRun:
+    train_x, test_x, train_y, test_y = split(data, seed)
+    cv_metrics = summarise(fold_scores(lambda x, y: fit(x, y, seed, recipe), train_x, train_y, seed))
+    model, choice = _fit(train_x, train_y, seed, recipe)
     holdout = evaluate_holdout(model, test_x, test_y)
     metadata = ModelMetadata(
         threshold=model.threshold,
@@ -181,7 +215,7 @@ def _train(data: Dataset, seed: int, compared_with: str | None) -> TrainingRun:
         probabilities=model.probabilities(train_x),
         logits=model.pipeline.decision_function(train_x),
     )
-    return TrainingRun(model, metadata, reference, holdout, train_y, gate_failures(cv_metrics))
+    return TrainingRun(model, metadata, reference, holdout, choice, train_y, gate_failures(cv_metrics))
 
 
 def save(run: TrainingRun) -> bentoml.Model:
@@ -203,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--reports-dir", type=Path, default=Path("reports"))
+    parser.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help="the registry whose promoted model is recorded as compared_with (default: $REGISTRY or "
+        "registry/ at the repository root)",
+    )
     args = parser.parse_args(argv)
 
     if not args.data.exists() and args.data == DEFAULT_CSV:
@@ -214,18 +255,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
-    run = train(data, args.seed)
-    print(report.summary(run.metadata, run.holdout))
+    try:
+        promoted = Registry.at(args.registry).promoted_tag()
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    run = train(data, args.seed, compared_with=promoted)
+    print(report.summary(run))
     if run.gate_failures:
         print("quality gate FAILED, nothing saved:\n  " + "\n  ".join(run.gate_failures), file=sys.stderr)
         return 1
 
     saved = save(run)
-    report_dir = report.write(
-        args.reports_dir / saved.tag.version, str(saved.tag), run.metadata, run.holdout, run.model.threshold
-    )
+    report_dir = report.write(args.reports_dir / saved.tag.version, str(saved.tag), run)
     print(f"quality gate passed; saved {saved.tag} to {bentoml.models.get(saved.tag).path}")
     print(f"report: {report_dir / 'report.md'}")
+    if promoted is None:
+        print(f"no model promoted yet; promote this one with: make promote MODEL={saved.tag}")
+    else:
+        print(f"promoted model: {promoted}; compare and promote with: make promote MODEL={saved.tag}")
     return 0
 
 

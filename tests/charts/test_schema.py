@@ -20,10 +20,27 @@ REJECTED = {
     "negative service port": ("service.port=-1", "/service/port"),
     "service port above 65535": ("service.port=70000", "/service/port"),
     "service type ExternalName": ('service.type="ExternalName"', "/service/type"),
-    "no CPU limit (workers derive from it)": ("resources.limits.cpu=null", "missing property 'cpu'"),
     "CPU limit that is not a quantity": ('resources.limits.cpu="one core"', "/resources/limits/cpu"),
     "memory limit that is not a quantity": ('resources.limits.memory="1 GB"', "/resources/limits/memory"),
     "unknown log level": ('logLevel="VERBOSE"', "/logLevel"),
+    "replicaCount that is not a whole number": ("replicaCount=1.5", "/replicaCount"),
+    "maxConcurrency 0": ("maxConcurrency=0", "/maxConcurrency"),
+    "drift window as a string": ('drift.windowRows="many"', "/drift/windowRows"),
+    "drift evaluation every 0 s": ("drift.evaluationSeconds=0", "/drift/evaluationSeconds"),
+    "unknown key in drift": ("drift.alpha=0.01", "additional properties 'alpha'"),
+    "error-rate threshold above 1": (
+        "prometheusRule.alerts.errorRate.threshold=1.5",
+        "/prometheusRule/alerts/errorRate/threshold",
+    ),
+    "alert duration without a unit": (
+        'prometheusRule.alerts.latency.for="10"',
+        "/prometheusRule/alerts/latency/for",
+    ),
+    "unknown alert": ('prometheusRule.alerts.diskFull={"for":"1m"}', "additional properties 'diskFull'"),
+    "dashboard label that is not a string": (
+        "grafanaDashboard.labels.grafana_dashboard=1",
+        "/grafanaDashboard/labels/grafana_dashboard",
+    ),
     "autoscaling minReplicas 0": ("autoscaling.minReplicas=0", "/autoscaling/minReplicas"),
     "autoscaling enabled as a string": ('autoscaling.enabled="yes"', "/autoscaling/enabled"),
     "unknown HPA scaling policy type": (
@@ -67,6 +84,40 @@ def test_schema_accepts_parent_chart_globals(helm_run, chart):
     """A parent chart passes `global`; the strict top level must still allow it."""
     result = helm_run("template", "x", chart, "--set", "global.imageRegistry=example")
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "prometheusRule.alerts.errorRate.threshold=0.02",
+        "prometheusRule.alerts.latency.p99Seconds=0.25",
+        "drift.evaluationSeconds=0.5",
+        "prometheusRule.alerts.inputDrift.podShare=1",
+    ],
+)
+def test_decimals_from_helm_set_are_accepted(helm_run, chart, assignment):
+    """`helm --set` passes 0.02 as a string; refusing it would force every user onto --set-json."""
+    result = helm_run("template", "x", chart, "--set", assignment)
+    assert result.returncode == 0, result.stderr
+
+
+def schema_nodes(node: dict, path: str = ""):
+    """(path, node) for every property, definition and item schema below node."""
+    for keyword in ("properties", "definitions"):
+        for name, child in node.get(keyword, {}).items():
+            yield f"{path}/{keyword}/{name}", child
+            yield from schema_nodes(child, f"{path}/{keyword}/{name}")
+    if isinstance(node.get("items"), dict):
+        yield f"{path}/items", node["items"]
+        yield from schema_nodes(node["items"], f"{path}/items")
+
+
+def test_every_schema_entry_has_a_description(chart):
+    schema = json.loads((chart / "values.schema.json").read_text())
+    nodes = dict(schema_nodes(schema))
+    assert len(nodes) > 150
+    missing = [path for path, node in nodes.items() if not node.get("description")]
+    assert not missing, f"schema entries without a description: {missing}"
 
 
 def test_schema_is_valid_draft_7_and_accepts_the_defaults(chart):

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,10 +10,12 @@ import pandas as pd
 import pytest
 from sklearn.metrics import fbeta_score
 
+from harness.paths import REPO_ROOT
 from tests.conftest import run_training
+from training import report
 from training import train as training
 from training.dataset import load_csv, write_csv
-from wdbc import FEATURE_NAMES, ModelMetadata
+from wdbc import FEATURE_NAMES, MALIGNANT_LABEL, ModelMetadata
 
 
 @pytest.fixture(scope="module")
@@ -85,21 +89,63 @@ def test_shuffled_labels_fail_the_gate_and_save_nothing(tmp_path: Path) -> None:
 def test_training_cli_saves_model_and_report(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "data.csv")
     home = tmp_path / "home"
-    result = run_training(home, "--data", str(csv), "--reports-dir", str(tmp_path / "reports"), "--seed", "1")
+    result = run_training(
+        home,
+        *("--data", str(csv), "--reports-dir", str(tmp_path / "reports"), "--seed", "1"),
+        *("--registry", str(tmp_path / "registry")),
+    )
     assert result.returncode == 0, result.stderr
     versions = os.listdir(home / "models" / "breast_cancer")
     version = next(v for v in versions if v != "latest")
     report_dir = tmp_path / "reports" / version
     assert f"report: {report_dir / 'report.md'}" in result.stdout
-    for name in (
-        "report.md",
+    assert f"make promote MODEL=breast_cancer:{version}" in result.stdout
+    images = (
         "roc_curve.png",
+        "precision_recall.png",
         "confusion_matrix.png",
         "probabilities.png",
-        "classification_report.txt",
-    ):
+        "threshold.png",
+        "coefficients.png",
+    )
+    for name in ("report.md", "classification_report.txt", *images):
         assert (report_dir / name).stat().st_size > 0
-    assert "malignant" in (report_dir / "classification_report.txt").read_text()
+    assert MALIGNANT_LABEL in (report_dir / "classification_report.txt").read_text()
+    report_md = (report_dir / "report.md").read_text()
+    for name in images:
+        assert f"]({name})" in report_md
+    for section in ("## Class balance", "## Why the threshold is", "## Standardized coefficients"):
+        assert section in report_md
+    assert "| all | 455 | 114 | 569 |" in report_md
+    assert "almost collinear" in report_md and "average precision" in report_md
+    assert training.THRESHOLD_RULE in report_md
+
+
+def test_report_explains_the_threshold_training_chose(runs) -> None:
+    run = runs["seed 1"]
+    choice = run.threshold_choice
+    assert choice.threshold == run.metadata.threshold
+    chosen = report.threshold_scores(choice, choice.threshold)
+    assert chosen["f_beta"] == pytest.approx(
+        fbeta_score(choice.labels, choice.probabilities >= choice.threshold, beta=2)
+    )
+    # No threshold the rule allows scores a higher F2 on the same out-of-fold probabilities.
+    allowed = np.unique(choice.probabilities[choice.probabilities <= choice.cap])
+    best = max(fbeta_score(choice.labels, choice.probabilities >= t, beta=2) for t in allowed)
+    assert chosen["f_beta"] == pytest.approx(best)
+
+
+def test_report_names_size_features_almost_collinear(runs) -> None:
+    correlations = report.size_correlations(runs["seed 1"].reference.features)
+    assert set(correlations) == {"mean", "se", "worst"}
+    assert all(0.9 < low <= high <= 1 for low, high in correlations.values())
+    coefficients = report.standardized_coefficients(runs["seed 1"])
+    assert list(coefficients) == list(FEATURE_NAMES)
+
+
+def test_report_does_not_import_train() -> None:
+    check = "import sys, training.report; sys.exit('training.train' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, check=False).returncode == 0
 
 
 def test_invalid_csv_is_reported_without_a_traceback(tmp_path: Path) -> None:

@@ -86,23 +86,113 @@ Image reference: repository@digest when a digest is given (immutable), else repo
 
 {{/*
 BentoML worker processes: floor(resources.limits.cpu), at least 1, the rule BentoML's own cpu_count
-applies to a cgroup quota (so a 1500m pod never runs 2 workers throttled to 1.5 CPUs). Accepts "500m",
-"1500m", "2", 2 and 0.5. Without this BentoML starts one worker per node core.
+applies to a cgroup quota (so a 1500m pod never runs 2 workers throttled to 1.5 CPUs). Without this
+BentoML starts one worker per node core.
 */}}
 {{- define "breast-cancer-classifier.workers" -}}
-{{- $cpu := toString .Values.resources.limits.cpu }}
-{{- if hasSuffix "m" $cpu }}
-{{- max 1 (div (trimSuffix "m" $cpu | atoi) 1000) }}
+{{- max 1 (div (include "breast-cancer-classifier.millicores" .Values.resources.limits.cpu | float64 | int64) 1000) }}
+{{- end }}
+
+{{/*
+A CPU quantity in millicores: "500m" -> 500, "1.5" or 1.5 -> 1500, "2" or 2 -> 2000 (the forms the
+schema admits).
+*/}}
+{{- define "breast-cancer-classifier.millicores" -}}
+{{- $quantity := toString . }}
+{{- if hasSuffix "m" $quantity }}
+{{- trimSuffix "m" $quantity | float64 }}
 {{- else }}
-{{- max 1 (floor (float64 $cpu)) }}
+{{- mulf (float64 $quantity) 1000 }}
 {{- end }}
 {{- end }}
 
 {{/*
-Desired replicas, as seen by the PodDisruptionBudget.
+A memory or storage quantity in bytes: "512Mi", "1Gi", "1G", "1.5Gi", "1000" or 1000 (the forms the
+schema admits).
+*/}}
+{{- define "breast-cancer-classifier.bytes" -}}
+{{- $quantity := toString . }}
+{{- $number := regexReplaceAll "[A-Za-z]+$" $quantity "" }}
+{{- $suffix := trimPrefix $number $quantity }}
+{{- $scale := dict "" 1.0 "k" 1e3 "M" 1e6 "G" 1e9 "T" 1e12 "P" 1e15 "E" 1e18 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 }}
+{{- if not (hasKey $scale $suffix) }}
+{{- fail (printf "%q is not a memory quantity (a number, optionally followed by Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P or E)" $quantity) }}
+{{- end }}
+{{- mulf (float64 $number) (get $scale $suffix) }}
+{{- end }}
+
+{{/*
+The least memory limit the service runs in: its worker, the model and BentoML's supervisor.
+*/}}
+{{- define "breast-cancer-classifier.minMemoryLimit" -}}
+256Mi
+{{- end }}
+
+{{/*
+Desired replicas: the HPA's minimum with autoscaling, else replicaCount (1 when unset). The
+PodDisruptionBudget and NOTES.txt read it.
 */}}
 {{- define "breast-cancer-classifier.minReplicas" -}}
-{{- if .Values.autoscaling.enabled }}{{ .Values.autoscaling.minReplicas }}{{ else }}{{ .Values.replicaCount }}{{ end }}
+{{- if .Values.autoscaling.enabled }}
+{{- .Values.autoscaling.minReplicas }}
+{{- else }}
+{{- $replicaCount := index .Values "replicaCount" }}
+{{- if kindIs "invalid" $replicaCount }}1{{ else }}{{ $replicaCount }}{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The runtime contract's drainFile (k8s/runtime-contract.yaml; tests/charts checks they agree): the
+preStop hook creates it, the service reads its path from DRAIN_FILE.
+*/}}
+{{- define "breast-cancer-classifier.drainFile" -}}
+/tmp/draining
+{{- end }}
+
+{{/*
+Combinations of values the schema cannot refuse, each with the reason. Included by deployment.yaml,
+so `helm template`, `helm lint` and `helm install` all stop here.
+*/}}
+{{- define "breast-cancer-classifier.validate" -}}
+{{- $autoscaling := .Values.autoscaling }}
+{{- $replicaCount := index .Values "replicaCount" }}
+{{- if and $autoscaling.enabled (not (kindIs "invalid" $replicaCount)) }}
+{{- fail (printf "replicaCount (%v) is ignored while autoscaling.enabled is true, because the HorizontalPodAutoscaler owns the pod count: set autoscaling.minReplicas (and maxReplicas) instead, or set autoscaling.enabled=false to run exactly replicaCount pods" $replicaCount) }}
+{{- end }}
+{{- if and $autoscaling.enabled (gt (int $autoscaling.minReplicas) (int $autoscaling.maxReplicas)) }}
+{{- fail (printf "autoscaling.minReplicas (%v) exceeds autoscaling.maxReplicas (%v)" $autoscaling.minReplicas $autoscaling.maxReplicas) }}
+{{- end }}
+{{- $resources := .Values.resources }}
+{{- if not $resources }}
+{{- fail (printf "resources must be set: resources.limits.cpu decides the number of BentoML workers and resources.limits.memory must be at least %s" (include "breast-cancer-classifier.minMemoryLimit" .)) }}
+{{- end }}
+{{- $limits := index $resources "limits" | default dict }}
+{{- $requests := index $resources "requests" | default dict }}
+{{- if kindIs "invalid" (index $limits "cpu") }}
+{{- fail "resources.limits.cpu is required: the number of BentoML workers (SERVICE_WORKERS) is floor(limits.cpu), and without a limit BentoML would start one worker per node core" }}
+{{- end }}
+{{- if kindIs "invalid" (index $limits "memory") }}
+{{- fail (printf "resources.limits.memory is required (at least %s): without it a leaking or overloaded pod takes memory from its neighbours until the node evicts them" (include "breast-cancer-classifier.minMemoryLimit" .)) }}
+{{- end }}
+{{- $floor := include "breast-cancer-classifier.minMemoryLimit" . }}
+{{- if lt (include "breast-cancer-classifier.bytes" $limits.memory | float64) (include "breast-cancer-classifier.bytes" $floor | float64) }}
+{{- fail (printf "resources.limits.memory (%v) is below %s, the least the service runs in: the container would be OOM-killed while it loads the model" $limits.memory $floor) }}
+{{- end }}
+{{- if and (not (kindIs "invalid" (index $requests "cpu"))) (gt (include "breast-cancer-classifier.millicores" $requests.cpu | float64) (include "breast-cancer-classifier.millicores" $limits.cpu | float64)) }}
+{{- fail (printf "resources.requests.cpu (%v) exceeds resources.limits.cpu (%v): Kubernetes refuses a request above its limit" $requests.cpu $limits.cpu) }}
+{{- end }}
+{{- range $resource := list "memory" "ephemeral-storage" }}
+{{- $request := index $requests $resource }}
+{{- $limit := index $limits $resource }}
+{{- if not (or (kindIs "invalid" $request) (kindIs "invalid" $limit)) }}
+{{- if gt (include "breast-cancer-classifier.bytes" $request | float64) (include "breast-cancer-classifier.bytes" $limit | float64) }}
+{{- fail (printf "resources.requests.%s (%v) exceeds resources.limits.%s (%v): Kubernetes refuses a request above its limit" $resource $request $resource $limit) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if ge (int .Values.preStopSleepSeconds) (int .Values.terminationGracePeriodSeconds) }}
+{{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds, or pods are killed before they drain" }}
+{{- end }}
 {{- end }}
 
 {{/*

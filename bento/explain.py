@@ -1,0 +1,118 @@
+"""Exact explanations of one diagnosis, for a clinician to review.
+
+For StandardScaler + LogisticRegression the logit is a sum, so no approximation (and no SHAP) is
+needed:
+
+    logit = baseline + sum over features of coefficient_i * standardized value_i
+
+where the baseline is the logit of an average training case (every standardized value 0) and each
+term is that feature's contribution. Features are grouped by measurement (radius, texture, ...:
+mean, standard error and worst of each), sorted by the size of their contribution, with the value's
+percentile among the training rows. Radius, perimeter and area are almost collinear (r ≈ 0.99):
+the model splits their joint effect between them in ways that look odd one by one, so read their
+contributions as a group.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, Field
+from scipy.special import expit
+
+from bento.scoring import LinearScorer
+from wdbc import FEATURE_NAMES, MEASUREMENTS, STATISTICS, feature_name
+
+COLLINEAR_NOTE = (
+    "radius, perimeter and area are almost collinear (r ≈ 0.99): read their contributions as a group, "
+    "not one by one"
+)
+TOWARDS_MALIGNANT = "towards malignant"
+TOWARDS_BENIGN = "towards benign"
+
+
+class FeatureContribution(BaseModel):
+    feature: str
+    value: float
+    percentile: float = Field(description="share of training rows with a value at or below this one, in %")
+    standardized: float = Field(description="(value - training mean) / training standard deviation")
+    contribution: float = Field(
+        description="coefficient x standardized value: this feature's share of the logit"
+    )
+    direction: str = Field(description=f"'{TOWARDS_MALIGNANT}' or '{TOWARDS_BENIGN}'")
+
+
+class MeasurementContribution(BaseModel):
+    measurement: str
+    description: str
+    contribution: float = Field(description="the sum of its three features' contributions")
+    direction: str
+    features: list[FeatureContribution] = Field(description="mean, se and worst, largest contribution first")
+
+
+class Baseline(BaseModel):
+    logit: float
+    probability_malignant: float
+
+
+class Explanation(BaseModel):
+    diagnosis: str
+    probability_malignant: float
+    threshold: float
+    model_tag: str
+    logit: float = Field(description="baseline.logit plus every contribution")
+    baseline: Baseline = Field(description="an average training case: every standardized value 0")
+    measurements: list[MeasurementContribution] = Field(description="largest total contribution first")
+    note: str = COLLINEAR_NOTE
+
+
+def _direction(contribution: float) -> str:
+    return TOWARDS_MALIGNANT if contribution >= 0 else TOWARDS_BENIGN
+
+
+class Explainer:
+    def __init__(self, scorer: LinearScorer, reference_features: np.ndarray) -> None:
+        self.scorer = scorer
+        self.sorted_reference = np.sort(reference_features, axis=0)  # per column, for percentiles
+
+    def explain(self, row: np.ndarray) -> tuple[float, float, list[MeasurementContribution]]:
+        """(logit, baseline logit, measurements) of one row of 30 values."""
+        contributions = self.scorer.contributions(row)
+        standardized = (row - self.scorer.means) / self.scorer.scales
+        count = len(self.sorted_reference)
+        percentiles = [
+            100.0 * np.searchsorted(self.sorted_reference[:, index], row[index], side="right") / count
+            for index in range(len(FEATURE_NAMES))
+        ]
+        measurements = []
+        for measurement, description in MEASUREMENTS.items():
+            features = []
+            for statistic in STATISTICS:
+                index = FEATURE_NAMES.index(feature_name(measurement, statistic))
+                features.append(
+                    FeatureContribution(
+                        feature=FEATURE_NAMES[index],
+                        value=float(row[index]),
+                        percentile=round(float(percentiles[index]), 1),
+                        standardized=float(standardized[index]),
+                        contribution=float(contributions[index]),
+                        direction=_direction(float(contributions[index])),
+                    )
+                )
+            features.sort(key=lambda item: -abs(item.contribution))
+            total = sum(item.contribution for item in features)
+            measurements.append(
+                MeasurementContribution(
+                    measurement=measurement,
+                    description=description,
+                    contribution=total,
+                    direction=_direction(total),
+                    features=features,
+                )
+            )
+        measurements.sort(key=lambda item: -abs(item.contribution))
+        baseline = self.scorer.baseline_logit
+        return baseline + float(contributions.sum()), baseline, measurements
+
+    @staticmethod
+    def baseline(logit: float) -> Baseline:
+        return Baseline(logit=logit, probability_malignant=float(expit(logit)))
