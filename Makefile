@@ -2,8 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-# The first supported Python (3.11 to 3.13) on PATH; override with PYTHON=python3.x.
-PYTHON ?= $(firstword $(foreach v,3.11 3.12 3.13,$(shell command -v python$(v) 2>/dev/null)) python3)
+# The Pythons pyproject.toml's requires-python admits; CI tests each (.github/workflows/ci.yml).
+SUPPORTED_PYTHONS := 3.11 3.12 3.13
+# The first of them on PATH makes the venv; override with PYTHON=python3.x or a path. No fallback to
+# plain python3: another version would fail later and less clearly (see $(VENV)/bin/python below).
+PYTHON ?= $(firstword $(foreach v,$(SUPPORTED_PYTHONS),$(shell command -v python$(v) 2>/dev/null)))
 VENV ?= .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
@@ -20,9 +23,10 @@ export BENTOML_HOME ?= $(CURDIR)/.bentoml
 # No usage-tracking calls from developer machines or CI.
 export BENTOML_DO_NOT_TRACK ?= true
 # Tools that are not Python packages (helm) live here; see scripts/install-tools.sh.
-export PATH := $(CURDIR)/.tools/bin:$(CURDIR)/$(VENV)/bin:$(PATH)
+export PATH := $(CURDIR)/.tools/bin:$(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help install tools data train model serve lint test image bench lock clean promote import-model promoted
+.PHONY: help install tools data train model serve lint test image e2e bench lock clean promote import-model promoted \
+	check-venv-python
 
 help:
 	@echo "make serve   train if needed, then serve on http://$(HOST):$(PORT)"
@@ -32,18 +36,38 @@ help:
 	@echo "make promote MODEL=breast_cancer:<version>  compare with the promoted model; promote or refuse"
 	@echo "make import-model  import the registry's promoted model into the model store"
 	@echo "make promoted      the promoted model and the promotion history"
+	@echo "make e2e     the chart on a kind cluster: install, load during a model upgrade, rollback (docs/ci-cd.md)"
 	@echo "make bench   benchmark the service against a bare ASGI reference"
 	@echo "make lock    re-pin requirements/*.txt from requirements/*.in"
 
+# $(call python_version,INTERPRETER): shell text printing its major.minor version, empty if it does not run.
+python_version = $$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)
+
 $(VENV)/bin/python:
+	@if [ -z "$(PYTHON)" ]; then \
+		echo "make: none of python3.11, python3.12, python3.13 is on PATH: install one, or pass PYTHON=/path/to/python3.x" >&2; \
+		exit 1; \
+	fi
+	@version=$(call python_version,$(PYTHON)); case " $(SUPPORTED_PYTHONS) " in *" $$version "*) ;; *) \
+		echo "make: PYTHON=$(PYTHON) is $${version:+Python }$${version:-not a Python that runs}; this project supports Python $(SUPPORTED_PYTHONS)" >&2; \
+		exit 1;; esac
 	$(PYTHON) -m venv $(VENV)
+
+# An existing venv is used whatever PYTHON says; when PYTHON is given explicitly (command line or
+# environment, as CI's version matrix does) and the venv has another version, stop instead.
+check-venv-python: | $(VENV)/bin/python
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+	@want=$(call python_version,$(PYTHON)); have=$(call python_version,$(PY)); [ "$$want" = "$$have" ] || { \
+		echo "make: $(VENV) is Python $$have but PYTHON=$(PYTHON) is $${want:-not a Python that runs}: rm -rf $(VENV), or pass VENV=<another directory>" >&2; \
+		exit 1; }
+endif
 
 $(UV): | $(VENV)/bin/python
 	$(PY) -m pip install --quiet "uv==0.13.9"
 
 # The stamp makes the install incremental: it re-runs only when the lock changes. Bytecode is
 # compiled at install time because the service's cold start is mostly imports (5 s instead of 11 s).
-$(VENV)/.installed: requirements/dev.txt | $(UV)
+$(VENV)/.installed: requirements/dev.txt | $(UV) check-venv-python
 	$(UV) pip sync --quiet --compile-bytecode --python $(PY) requirements/dev.txt
 	@touch $@
 
@@ -86,15 +110,22 @@ import-model: install
 promoted: install
 	$(PY) -m training.promote status
 
+# The chart and two images on a kind cluster (Docker, kind, kubectl, jq; see docs/ci-cd.md).
+e2e: tools
+	bash scripts/e2e-kind.sh
+
 bench: model
 	$(PY) -m bench.run
 
+# Resolved for the oldest supported Python (the container's, bentofile.yaml), so no pin needs a newer
+# one; every pin has a wheel for 3.12 and 3.13 as well, which CI's test matrix installs and runs.
+LOCK_PYTHON := $(firstword $(SUPPORTED_PYTHONS))
 lock: $(UV)
-	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+	cd requirements && ../$(UV) pip compile --quiet --python-version $(LOCK_PYTHON) \
 		--python-platform x86_64-unknown-linux-gnu serve.in -o serve.txt
-	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+	cd requirements && ../$(UV) pip compile --quiet --python-version $(LOCK_PYTHON) \
 		--python-platform x86_64-unknown-linux-gnu dev.in -o dev.txt
-	cd requirements && ../$(UV) pip compile --quiet --python-version 3.11 \
+	cd requirements && ../$(UV) pip compile --quiet --python-version $(LOCK_PYTHON) \
 		--python-platform x86_64-unknown-linux-gnu checkov.in -o checkov.txt
 
 clean:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import bentoml
 import numpy as np
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
 
-from bento import config, errors, logs, protocol, schemas
+from bento import config, errors, logs, openapi, protocol, schemas
 from bento.drift import DriftMonitor, DriftReport
 from bento.explain import Explainer, Explanation
 from bento.guard import EdgeGuard, RequestGuard, RouteTable
@@ -44,6 +45,7 @@ from wdbc import (
 logs.configure()
 protocol.install()
 
+SWAGGER_PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
 # A single row is under 2 KB of JSON even pretty-printed; a batch of 1000 rows is ~0.8 MB.
 SINGLE_ROW_BYTES = 64 * 1024
 PREDICTION_PATHS = ("/predict", "/predict_batch", "/explain")
@@ -139,6 +141,26 @@ async def model_info() -> schemas.ModelInfo | JSONResponse:
     if service is None or service.model is None:
         return _unavailable()
     return service.model.info
+
+
+@info_app.get("/", include_in_schema=False)
+async def swagger_ui() -> HTMLResponse:
+    """The Swagger UI page, served here before BentoML's (which loads a third-party tag manager)."""
+    return HTMLResponse(SWAGGER_PAGE)
+
+
+@info_app.get("/docs.json", include_in_schema=False)
+async def openapi_document() -> JSONResponse:
+    """BentoML's OpenAPI document, made honest (bento/openapi.py); served here, before BentoML's route."""
+    global _document
+    if _document is None:
+        service = bentoml.get_current_service()
+        info = service.model.info.model_dump(mode="json") if service is not None and service.model else None
+        _document = openapi.document(BreastCancerClassifier.openapi_spec.asdict(), openapi.service_version(), info)
+    return JSONResponse(_document)
+
+
+_document: dict | None = None
 
 
 @info_app.get("/drift", response_model=DriftReport, tags=["Service APIs"], responses=_UNAVAILABLE_RESPONSE)

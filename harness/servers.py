@@ -43,6 +43,7 @@ class Server:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    home: Path | None = None  # BENTOML_HOME of a `bentoml serve`
     started_at: float = field(default_factory=time.monotonic)
 
     def log(self) -> str:
@@ -100,12 +101,14 @@ def start(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, s
 def start_service(bentoml_home: Path, log_path: Path, **env: str) -> Server:
     """`bentoml serve` of this service on a free port, with its own model store."""
     port = free_port()
-    return start(
+    server = start(
         bentoml_serve_command(port),
         port,
         log_path,
         {"BENTOML_HOME": str(bentoml_home), "SERVICE_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "true", **env},
     )
+    server.home = bentoml_home
+    return server
 
 
 @contextmanager

@@ -87,8 +87,9 @@ def log_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(model_store: Path, log_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     # LOG_FILE on, as a user asking for the rotating file would: tests read both stdout and the file.
-    # Summaries every second, so the tests see them.
-    with own_server(model_store, tmp_path_factory, LOG_FILE=str(log_file), PREDICTION_SUMMARY_SECONDS="1") as server:
+    # Summaries every second and drift evaluations as often, so the tests see them.
+    settings = {"PREDICTION_SUMMARY_SECONDS": "1", "DRIFT_EVALUATION_SECONDS": "1"}
+    with own_server(model_store, tmp_path_factory, LOG_FILE=str(log_file), **settings) as server:
         yield server
 
 

@@ -16,6 +16,11 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from harness.paths import REPO_ROOT
 from tests.bento.test_errors import assert_error_shape
@@ -73,6 +78,11 @@ def test_fuzzed_requests_never_get_a_server_error(api_schema, server, method, pa
         assert response.status_code < 500, (case.method, case.path, case.body, response.text)
         if response.status_code >= 400:
             assert_error_shape(response)
+        # An answer whose status the document does not list, or whose body does not fit the schema
+        # documented for it, fails: a client generated from /docs.json must be able to rely on it.
+        case.validate_response(
+            response, checks=[status_code_conformance, content_type_conformance, response_schema_conformance]
+        )
 
     fuzz()
 

@@ -1,0 +1,84 @@
+"""The Swagger UI in a real browser: Playwright drives Debian's chromium (never a downloaded browser)
+through the page a newcomer opens first, runs the shipped example and an invalid body."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from harness.servers import Server
+from tests.conftest import require_tool
+
+# What the probe of these machines found necessary: no sandbox as root, no calls to Google's hosts.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def page(server: Server) -> Iterator:
+    chromium = require_tool("chromium", "apt-get install chromium (.ci/run does)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.wait_for_selector("#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000)
+        yield page
+        browser.close()
+
+
+def test_the_page_is_this_projects(page) -> None:
+    info = page.locator(".information-container").inner_text()
+    assert "Breast-cancer diagnosis (WDBC)" in info and "0.1.0" in info
+    assert "Decision support and education only" in info
+    assert page.locator(".info .version").first.inner_text().strip() == "0.1.0"
+    assert "BentoML Team" not in info and "Slack" not in info
+    assert page.title() == "Breast-cancer diagnosis (WDBC): API"
+    schemas = page.locator(".models").inner_text()
+    assert (
+        "ErrorResponse" in schemas and "IODescriptor" not in schemas and "TaskStatusResponse" not in schemas
+    )
+
+
+def _try_predict(page, body: str | None) -> tuple[str, str]:
+    operation = page.locator("#operations-Service_APIs-breast_cancer_classifier__predict")
+    if not operation.locator(".try-out__btn").is_visible():
+        operation.locator(".opblock-summary").click()
+    if operation.locator(".try-out__btn", has_text="Try it out").is_visible():
+        operation.locator(".try-out__btn", has_text="Try it out").click()
+    editor = operation.locator("textarea.body-param__text")
+    if body is not None:
+        editor.fill(body)
+    operation.locator(".execute").click()
+    live = operation.locator(".live-responses-table .response").first
+    live.wait_for(timeout=30_000)
+    return live.locator(".response-col_status").inner_text(), live.locator(
+        ".response-col_description"
+    ).inner_text()
+
+
+def test_try_it_out_with_the_shipped_example(page) -> None:
+    operation = page.locator("#operations-Service_APIs-breast_cancer_classifier__predict")
+    operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").click()
+    example = json.loads(operation.locator("textarea.body-param__text").input_value())
+    assert list(example)[:3] == ["radius_mean", "texture_mean", "perimeter_mean"]  # model order
+    status, body = _try_predict(page, None)
+    assert status.strip().startswith("200")
+    assert '"diagnosis": "malignant"' in body or '"diagnosis":"malignant"' in body
+
+
+def test_an_invalid_body_shows_a_documented_422(page) -> None:
+    status, body = _try_predict(page, json.dumps({"radius_mean": -1}))
+    assert status.strip().startswith("422") and "Undocumented" not in status
+    assert "radius_mean" in body and "texture_mean" in body  # the negative value and the missing fields
