@@ -29,16 +29,26 @@ export PATH := $(CURDIR)/.tools/bin:$(abspath $(VENV))/bin:$(PATH)
 	check-venv-python
 
 help:
-	@echo "make serve   train if needed, then serve on http://$(HOST):$(PORT)"
-	@echo "make test    install test dependencies and run the whole suite"
-	@echo "make train   (re)train on $(DATA) and save to the model store ($$BENTOML_HOME)"
-	@echo "make image   build the bento and its container image (MODEL_TAG=<tag> picks the model)"
-	@echo "make promote MODEL=breast_cancer:<version>  compare with the promoted model; promote or refuse"
-	@echo "make import-model  import the registry's promoted model into the model store"
-	@echo "make promoted      the promoted model and the promotion history"
-	@echo "make e2e     the chart on a kind cluster: install, load during a model upgrade, rollback (docs/ci-cd.md)"
-	@echo "make bench   benchmark the service against a bare ASGI reference"
-	@echo "make lock    re-pin requirements/*.txt from requirements/*.in"
+	@echo "Two commands matter:"
+	@echo "  make serve         train if the store has no model, then serve on http://$(HOST):$(PORT)"
+	@echo "  make test          install what the tests need, lint, and run the whole suite"
+	@echo "Building blocks:"
+	@echo "  make install       the virtual environment ($(VENV)) from requirements/dev.txt"
+	@echo "  make tools         install, plus helm, checkov and the chart README generator in .tools/"
+	@echo "  make data          write $(DATA) from scikit-learn's bundled copy"
+	@echo "  make train         (re)train on $(DATA) with SEED and save to the model store"
+	@echo "  make promote MODEL=breast_cancer:<version>  compare with the promoted model; promote or refuse"
+	@echo "  make import-model  import the registry's promoted model into the model store"
+	@echo "  make promoted      the promoted model and the promotion history"
+	@echo "  make image         build the bento and its container image (MODEL_TAG=<tag> picks the model)"
+	@echo "  make e2e           the chart on a kind cluster: install, load during a model upgrade, rollback"
+	@echo "  make bench         benchmark the service against a hand-written app and the limit"
+	@echo "  make lint          ruff check and ruff format --check"
+	@echo "  make lock          re-pin requirements/*.txt from requirements/*.in"
+	@echo "  make clean         remove the venv, tools, model store, data, reports and caches"
+	@echo "Variables (make VAR=value ...):"
+	@echo "  PYTHON=$(PYTHON)  VENV=$(VENV)  HOST=$(HOST)  PORT=$(PORT)  SEED=$(SEED)  DATA=$(DATA)"
+	@echo "  BENTOML_HOME=$(BENTOML_HOME)  MODEL_TAG, MODEL, REGISTRY: see docs/training.md"
 
 # $(call python_version,INTERPRETER): shell text printing its major.minor version, empty if it does not run.
 python_version = $$($(1) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null)

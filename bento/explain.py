@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 from pydantic import BaseModel, Field
-from scipy.special import expit
 
 from bento.scoring import LinearScorer
 from wdbc import FEATURE_NAMES, MEASUREMENTS, STATISTICS, feature_name
@@ -115,4 +114,6 @@ class Explainer:
 
     @staticmethod
     def baseline(logit: float) -> Baseline:
+        from scipy.special import expit
+
         return Baseline(logit=logit, probability_malignant=float(expit(logit)))

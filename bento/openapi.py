@@ -63,6 +63,11 @@ EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
 }
 
 
+def document_license() -> str:
+    """The project's licence (LICENSE), as the document names it."""
+    return "MIT"
+
+
 def service_version() -> str:
     """The project's version (pyproject.toml, which the bento carries beside the code)."""
     try:
@@ -72,7 +77,9 @@ def service_version() -> str:
 
 
 def _error_response(status: int) -> dict[str, Any]:
-    examples = {f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])}
+    examples = {
+        f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])
+    }
     return {
         "description": errors.STATUSES[status],
         "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}, "examples": examples}},
@@ -104,11 +111,13 @@ def document(bentoml_spec: dict[str, Any], version: str, model_info: dict[str, A
         "version": version,
         "description": DESCRIPTION,
         "contact": {"name": "breast-cancer-classifier maintainers"},
-        "license": {"name": "MIT"},
+        "license": {"name": document_license()},
     }
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in _INTERNAL_SCHEMAS:
         schemas.pop(name, None)
+    error_schema = errors.ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(error_schema.pop("$defs"), ErrorResponse=error_schema)
     for path, item in spec["paths"].items():
         for method, operation in item.items():
             # BentoML's keys are ints; its generic 400, 404 and 500 are replaced below.

@@ -131,7 +131,7 @@ def batch_models(features: type[BaseModel]) -> tuple[type[BaseModel], type[BaseM
 
         @classmethod
         def model_validate_json(cls, json_data: Any, **kwargs: Any) -> BatchRequest:
-            body = json_data.encode() if isinstance(json_data, str) else bytes(json_data)
+            body = json_data.encode() if isinstance(json_data, str) else json_data
             matrix = validation.lean_batch(body, LIMITS)
             if matrix is None:
                 return cls._careful(body, **kwargs)

@@ -17,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit, logit
 
 from wdbc import FEATURE_NAMES, Reference
 
@@ -48,7 +47,7 @@ class LinearScorer:
         the batch's shape, so a row's answer would differ in its last bits between /predict and
         /predict_batch; einsum's loop gives every row the same answer whatever the batch."""
         logits = np.einsum("ij,j->i", features, self.weights) + self.bias
-        return logits, expit(logits)
+        return logits, _expit(logits)
 
     def contributions(self, features: np.ndarray) -> np.ndarray:
         """Each feature's share of the logit, coefficient x standardized value; the rest is the bias
@@ -73,10 +72,20 @@ class PipelineScorer:
         probabilities = np.asarray(self.pipeline.predict_proba(features), dtype=np.float64)[:, 1]
         if hasattr(self.pipeline, "decision_function"):
             return np.asarray(self.pipeline.decision_function(features), dtype=np.float64), probabilities
+        from scipy.special import logit
+
         return logit(np.clip(probabilities, 1e-300, 1 - 1e-16)), probabilities
 
 
 Scorer = LinearScorer | PipelineScorer
+
+
+def _expit(logits: np.ndarray) -> np.ndarray:
+    # Imported here (a dictionary lookup once loaded): `bentoml serve` also imports this module in its
+    # arbiter, which never scores, and scipy.special was an eighth of a second of that import.
+    from scipy.special import expit
+
+    return expit(logits)
 
 
 def compile_linear(pipeline: object) -> LinearScorer:

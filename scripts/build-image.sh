@@ -53,7 +53,14 @@ if [[ "$bento_models" != "$model_tag" ]]; then
 fi
 echo "bentoml build: $bento_tag with $model_tag in $(elapsed "$start")"
 
-bash scripts/build-base-image.sh "$(awk '/^FROM /{print $2; exit}' "$bento_path/env/docker/Dockerfile")"
+base_image=$(awk '/^FROM /{print $2; exit}' "$bento_path/env/docker/Dockerfile")
+pinned_base=$(awk '/^FROM /{print $2; exit}' docker/base-image.Dockerfile)
+if [[ $base_image != "$pinned_base" ]]; then
+    echo "build-image: BentoML's Dockerfile starts FROM $base_image but docker/base-image.Dockerfile names" \
+        "$pinned_base: change bentofile.yaml (docker.python_version, docker.distro) or that file to agree" >&2
+    exit 1
+fi
+bash scripts/build-base-image.sh "$base_image"
 
 image="$repository:${bento_tag#*:}"
 start=$(now)

@@ -59,7 +59,16 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(
         [sys.executable, "-m", "training.dataset", "--output", str(csv)], cwd=REPO_ROOT, check=True
     )
-    result = run_training(home, "--data", str(csv), "--reports-dir", str(workdir / "reports"))
+    # An empty registry of its own: the project's registry/ (if any) must not leak into the tests.
+    result = run_training(
+        home,
+        "--data",
+        str(csv),
+        "--reports-dir",
+        str(workdir / "reports"),
+        "--registry",
+        str(workdir / "registry"),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return home
 

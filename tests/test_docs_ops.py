@@ -1,5 +1,5 @@
-"""docs/operations.md and docs/ci-cd.md name only things that exist: repository paths, `make` targets,
-chart values set with --set, verifier arguments, and the sections their links point to."""
+"""The README, the model card and docs/ name only things that exist: repository paths, `make` targets,
+chart values set with --set, verifier arguments, and the files and sections their links point to."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import yaml
 from harness.paths import CHART, REPO_ROOT
 from k8s import verify
 
-DOCS = [REPO_ROOT / "docs" / "operations.md", REPO_ROOT / "docs" / "ci-cd.md"]
+DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "MODEL_CARD.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 # Top-level entries a path in the docs may start with; generated ones (.bentoml/, .tools/) are left out.
 TOP_LEVEL = (
     r"(?:charts|k8s|scripts|requirements|docs|bento|training|tests|bench|wdbc|harness|docker|\.github|\.ci)"
@@ -51,11 +51,12 @@ def doc(request) -> tuple[Path, str]:
 def test_repository_paths_exist(doc):
     path, text = doc
     named = {match for snippet in code(text) for match in PATH.findall(snippet)}
-    named |= set(re.findall(r"\]\((\.\./[^)#]+)", text))  # relative links
-    assert named, f"{path.name} names no path"
+    links = {link for link in re.findall(r"\]\(([^)#\s]+)", text) if "://" not in link}
     for name in sorted(named):
-        target = (path.parent / name) if name.startswith("../") else REPO_ROOT / name
+        target = REPO_ROOT / name
         assert list(target.parent.glob(target.name)), f"{path.name} names {name}, which does not exist"
+    for link in sorted(links):
+        assert (path.parent / link).exists(), f"{path.name} links to {link}, which does not exist"
     for name in {match for snippet in code(text) for match in FILES.findall(snippet)}:
         assert (REPO_ROOT / name).is_file(), name
 
@@ -80,7 +81,6 @@ def test_set_values_exist_in_the_chart(doc):
         if arg == "--set"
     ]
     keys += re.findall(r"--set '?([\w.\[\]]+)=", text)
-    assert keys, f"{path.name} sets no value"
     for key in keys:
         node = values
         for part in key.split("."):

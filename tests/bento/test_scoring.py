@@ -79,7 +79,7 @@ def test_a_wrong_artifact_is_refused_with_its_reason(data, artifact: str, reason
         features[:455], labels[:455]
     )
     wrong = {
-        "ten-features": lambda: LogisticRegression().fit(features[:, :10], labels),
+        "ten-features": lambda: LogisticRegression(max_iter=5000).fit(features[:, :10], labels),
         "regression": lambda: LinearRegression().fit(features, labels),
         "string": lambda: "not a model",
         "other-model": lambda: make_pipeline(StandardScaler(), LogisticRegression(C=0.01)).fit(
@@ -109,7 +109,7 @@ if kind == "minmax":  # a different, working recipe: its own reference rows make
     reference["logits"] = model.decision_function(reference["features"])
 else:
     model = {
-        "ten-features": lambda: LogisticRegression().fit(features[:, :10], labels),
+        "ten-features": lambda: LogisticRegression(max_iter=5000).fit(features[:, :10], labels),
         "regression": lambda: LinearRegression().fit(features, labels),
         "string": lambda: LinearRegression(),  # replaced by a pickled string below
     }[kind]()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.paths import project_version
 from harness.servers import Server
 from tests.conftest import require_tool
 
@@ -39,9 +40,9 @@ def page(server: Server) -> Iterator:
 
 def test_the_page_is_this_projects(page) -> None:
     info = page.locator(".information-container").inner_text()
-    assert "Breast-cancer diagnosis (WDBC)" in info and "0.1.0" in info
+    assert "Breast-cancer diagnosis (WDBC)" in info and project_version() in info
     assert "Decision support and education only" in info
-    assert page.locator(".info .version").first.inner_text().strip() == "0.1.0"
+    assert page.locator(".info .version").first.inner_text().strip() == project_version()
     assert "BentoML Team" not in info and "Slack" not in info
     assert page.title() == "Breast-cancer diagnosis (WDBC): API"
     schemas = page.locator(".models").inner_text()

@@ -225,7 +225,9 @@ def promtool_test(promtool, tmp_path, spec: dict, input_series: list[dict], aler
 def test_alert_fires_only_when_it_should(promtool, helm, tmp_path, key, fires):
     firing, quiet = SCENARIOS[key]
     alert = ALERTS[key.split("-")[0]]
-    failure = promtool_test(promtool, tmp_path, rendered_rule_spec(), firing if fires else quiet, alert, fires)
+    failure = promtool_test(
+        promtool, tmp_path, rendered_rule_spec(), firing if fires else quiet, alert, fires
+    )
     assert not failure, failure
 
 
