@@ -130,16 +130,12 @@ def model_unavailable(message: str) -> ErrorAnswer:
 
 
 def overloaded(limit: int) -> ErrorAnswer:
+    message = (
+        f"this worker is at its limit of {limit} requests in progress (a batch counts one more per "
+        f"256 KiB); retry after {RETRY_AFTER_SECONDS} s"
+    )
     return ErrorAnswer(
-        503,
-        "overloaded",
-        (
-            (
-                "request",
-                f"this worker already has {limit} requests in progress; retry after {RETRY_AFTER_SECONDS} s",
-            ),
-        ),
-        ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),),
+        503, "overloaded", (("request", message),), ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),)
     )
 
 

@@ -35,7 +35,7 @@ _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 # Error bodies from below are small; a larger one is not ours to parse.
 _MAX_ERROR_BODY = 64 * 1024
 _LOGGED_PATH = 100
-WEIGHT_BYTES = 64 * 1024
+WEIGHT_BYTES = 256 * 1024
 
 
 @dataclass
@@ -115,7 +115,7 @@ def log_answer(scope: Scope, answer: ErrorAnswer) -> None:
 
 def _weight(scope: Scope) -> int:
     """A request's share of MAX_CONCURRENCY: one, plus one per WEIGHT_BYTES of declared body, so a
-    1000-row batch (~0.8 MB, about a thousand single rows of work) counts as 13 single rows."""
+    1000-row batch (~0.8 MB, the work of a few dozen single rows) counts as four."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             return 1 + int(value) // WEIGHT_BYTES if value.isdigit() else 1
