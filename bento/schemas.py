@@ -132,9 +132,9 @@ def batch_models(features: type[BaseModel]) -> tuple[type[BaseModel], type[BaseM
         @classmethod
         def model_validate_json(cls, json_data: Any, **kwargs: Any) -> BatchRequest:
             body = json_data.encode() if isinstance(json_data, str) else json_data
-            matrix = validation.lean_batch(body, LIMITS)
+            matrix, payload = validation.lean_batch(body, LIMITS)
             if matrix is None:
-                return cls._careful(body, **kwargs)
+                return cls._careful(body, payload, **kwargs)
             request = cls.model_construct(instances=[])  # the rows are the matrix; no 1000 models
             request._matrix = matrix
             return request
@@ -147,11 +147,12 @@ def batch_models(features: type[BaseModel]) -> tuple[type[BaseModel], type[BaseM
             return self._matrix
 
         @classmethod
-        def _careful(cls, body: bytes, **kwargs: Any) -> BatchRequest:
-            try:
-                payload = validation.parse_json(body)
-            except ValueError:
-                return super().model_validate_json(body, **kwargs)  # pydantic names the JSON error
+        def _careful(cls, body: bytes, payload: Any, **kwargs: Any) -> BatchRequest:
+            if payload is validation.NOT_PARSED:  # NaN, Infinity, huge integers or not JSON at all
+                try:
+                    payload = validation.parse_json(body)
+                except ValueError:
+                    return super().model_validate_json(body, **kwargs)  # pydantic names the JSON error
             if type(payload) is not dict or type(payload.get("instances")) is not list:
                 return super().model_validate_json(body, **kwargs)  # one small error
             problems: list[InitErrorDetails] = [

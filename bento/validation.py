@@ -35,38 +35,44 @@ class Limits:
         self.max_rows = max_rows
 
 
-def lean_batch(body: bytes, limits: Limits) -> np.ndarray | None:
-    """The (rows, 30) matrix of a valid {"instances": [...]} body, or None: then take the careful path."""
+NOT_PARSED = object()  # the payload, when orjson could not parse the body
+
+
+def lean_batch(body: bytes, limits: Limits) -> tuple[np.ndarray | None, Any]:
+    """(the (rows, 30) matrix of a valid {"instances": [...]} body, or None: then take the careful
+    path; the parsed payload, which it can reuse, or NOT_PARSED)."""
     # JSON booleans would pass numpy's float conversion as 1.0 and 0.0; no valid body contains one.
     if b"true" in body or b"false" in body:
-        return None
+        return None, NOT_PARSED
     try:
         payload = orjson.loads(body)  # rejects NaN and Infinity tokens and integers beyond 64 bits
     except orjson.JSONDecodeError:
-        return None
+        return None, NOT_PARSED
     if type(payload) is not dict or len(payload) != 1 or type(rows := payload.get("instances")) is not list:
-        return None
+        return None, payload
     if not 1 <= len(rows) <= limits.max_rows:
-        return None
+        return None, payload
     # Rows whose keys come in the model's order (as every example and client of this API sends them)
     # give their values as they are, three times faster than looking up 30 keys in each.
-    if all(type(row) is dict and tuple(row) == FEATURE_NAMES for row in rows):
+    if all(
+        type(row) is dict and len(row) == len(FEATURE_NAMES) and tuple(row) == FEATURE_NAMES for row in rows
+    ):
         values = [list(row.values()) for row in rows]
     elif all(type(row) is dict and row.keys() == FEATURES for row in rows):
         values = [_row_values(row) for row in rows]
     else:
-        return None
+        return None, payload
     try:
         matrix = np.array(values)
     except (ValueError, TypeError):  # a list or object in place of a number
-        return None
+        return None, payload
     # Strings make a text array and nulls or nested values an object array: careful path.
     if matrix.dtype.kind not in "if" or matrix.shape != (len(rows), len(FEATURE_NAMES)):
-        return None
+        return None, payload
     matrix = matrix.astype(np.float64, copy=False)
     if not (np.isfinite(matrix).all() and (matrix >= 0).all() and (matrix <= limits.max_value).all()):
-        return None
-    return matrix
+        return None, payload
+    return matrix, payload
 
 
 def problems_error(title: str, problems: list[InitErrorDetails], total: int) -> ValidationError:
