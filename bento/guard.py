@@ -2,8 +2,9 @@
 
 EdgeGuard wraps BentoML's whole ASGI app, so it sees a request before BentoML labels its metrics
 with the path: unknown paths (404) and disallowed methods (405, with Allow) are answered there and
-never become a metric series; requests past MAX_CONCURRENCY in this worker are shed with a fast 503
-and Retry-After; every answer carries X-Request-ID, and `Connection: close` once the pod drains;
+never become a metric series; requests past MAX_CONCURRENCY in this worker (a batch weighing one
+more per WEIGHT_BYTES of body) are shed with a 503 and Retry-After before BentoML parses anything;
+every answer carries X-Request-ID, and `Connection: close` once the pod drains;
 every error answer from below (BentoML's validation errors and 504 timeouts, Starlette's, FastAPI's)
 is rewritten into the contract's shape and logged once.
 

@@ -277,7 +277,17 @@ def test_load_shedding_answers_fast_503s_with_retry_after(model_store: Path, tmp
         assert f"requests_shed_total {float(len(shed))}" in httpx.get(f"{server.url}/metrics").text
 
 
+def _lines(server: Server) -> list[dict]:
+    return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+
+
 def _killed_worker_test(server: Server) -> None:
+    # Both workers up: /readyz answers as soon as one is, and one killed while still starting has not
+    # yet recorded itself for its successor.
+    deadline = time.monotonic() + 60
+    while len({line["pid"] for line in _lines(server) if line["message"].startswith("loaded model")}) < 2:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.2)
     first, _ = workers(server)
     first.send_signal(signal.SIGKILL)
     deadline = time.monotonic() + 60
