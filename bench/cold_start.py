@@ -24,17 +24,12 @@ import sys
 import tempfile
 import textwrap
 import time
-import uuid
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 
-import httpx
-
 from bench.run import built_image, copy_store, running
 from harness import containers
-from harness.paths import runtime_contract
-from harness.servers import free_port
 
 WATCHED = (
     "bento.service",
@@ -193,31 +188,18 @@ def trace_container(image: str, workdir: Path) -> tuple[str, dict[str, float]]:
     bind mount of the sitecustomize module; the trace goes to the container's /tmp."""
     engine = containers.detect_engine()
     site = _write_site(workdir)
-    name, port = f"bcc-cold-start-{uuid.uuid4().hex[:8]}", free_port()
     trace_path = "/tmp/cold-start-trace.txt"
     env = {"COLD_START_TRACE": trace_path, "PYTHONPATH": "/opt/cold-start"}
-    args = containers.run_args(image, name, port, env)
-    args[-1:-1] = ["--volume", f"{site}:/opt/cold-start:ro"]  # before the image name
-    url = f"http://127.0.0.1:{port}{runtime_contract()['probes']['readiness']}"
-    started = time.time()
-    engine.run(*args)
+    container = containers.start(engine, image, env, extra=["--volume", f"{site}:/opt/cold-start:ro"])
+    ready_at = time.time()
+    started = ready_at - container.seconds_to_ready
     try:
-        while time.time() - started < containers.READY_TIMEOUT:
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        else:
-            raise TimeoutError(f"{image} not ready: {engine.run('logs', name, check=False).stdout[-3000:]}")
-        ready_at = time.time()
-        time.sleep(0.5)
-        trace = engine.run("exec", name, "cat", trace_path).stdout
-        log = engine.run("logs", name, check=False).stdout
+        time.sleep(0.5)  # let the trace's last lines land
+        trace = engine.run("exec", container.name, "cat", trace_path).stdout
+        log = engine.run("logs", container.name, check=False).stdout
     finally:
-        engine.run("rm", "--force", name, check=False)
-    return summarise(trace, log, ready_at - started, ready_at, started)
+        engine.run("rm", "--force", container.name, check=False)
+    return summarise(trace, log, container.seconds_to_ready, ready_at, started)
 
 
 def summarise(

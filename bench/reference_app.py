@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wdbc import FEATURE_NAMES, MODEL_NAME
+from wdbc import BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_LABEL, MODEL_NAME
 
 sklearn.set_config(assume_finite=True, skip_parameter_validation=True)
 _model_ref = bentoml.models.get(os.environ.get("MODEL_TAG", f"{MODEL_NAME}:latest"))
@@ -32,7 +32,7 @@ def _answer(rows: list[dict]) -> list[dict]:
     features = np.array([[row[name] for name in FEATURE_NAMES] for row in rows], dtype=np.float64)
     return [
         {
-            "diagnosis": "malignant" if p >= _threshold else "benign",
+            "diagnosis": MALIGNANT_LABEL if p >= _threshold else BENIGN_LABEL,
             "probability_malignant": p,
             "threshold": _threshold,
             "model_tag": _tag,

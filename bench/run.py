@@ -52,7 +52,7 @@ import psutil
 from bench import load
 from harness import containers, servers
 from harness.paths import REPO_ROOT
-from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
+from wdbc import BENIGN_EXAMPLE, BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 BATCH_SIZES = (100, 1000)
@@ -80,7 +80,6 @@ class Server:
     process: subprocess.Popen[bytes] | None  # None for a container
     cold_start_s: float
     workers: int
-    container: str | None = None
 
     def processes(self) -> list[psutil.Process]:
         root = psutil.Process(self.process.pid)
@@ -212,7 +211,7 @@ def running_container(image: str) -> Iterator[Server]:
     engine = containers.detect_engine()
     started = containers.start(engine, image)
     try:
-        yield Server(CONTAINER, started.url, None, started.seconds_to_ready, 1, started.name)
+        yield Server(CONTAINER, started.url, None, started.seconds_to_ready, 1)
     finally:
         engine.run("rm", "--force", started.name, check=False)
 
@@ -265,7 +264,7 @@ def check_answers(running_servers: dict[str, Server]) -> list[str]:
             answers[name] = [r.json() for r in single] + batch.json()["predictions"]
     expected = answers[SERVICE]
     problems = []
-    if {a["diagnosis"] for a in expected} != {"malignant", "benign"}:
+    if {a["diagnosis"] for a in expected} != {MALIGNANT_LABEL, BENIGN_LABEL}:
         problems.append("the probe rows should span both diagnoses")
     for name, got in answers.items():
         for index, (answer, wanted) in enumerate(zip(got, expected, strict=True)):

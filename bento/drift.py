@@ -23,6 +23,8 @@ import fcntl
 import mmap
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -31,6 +33,7 @@ from loguru import logger
 from pydantic import BaseModel, Field
 
 from bento.metrics import ServiceMetrics
+from bento.pod import replace_file
 from wdbc import FEATURE_NAMES
 
 LOGIT = "logit"
@@ -58,17 +61,13 @@ class SharedWindow:
         self._count = np.ndarray((2,), np.uint64, buffer=self._map)
         self._rows = np.ndarray((capacity, _COLUMNS), np.float64, buffer=self._map, offset=_HEADER)
 
-    def _locked(self, operation: int):
-        fd = self._fd
-
-        class _Lock:
-            def __enter__(self) -> None:
-                fcntl.flock(fd, operation)
-
-            def __exit__(self, *_: object) -> None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-
-        return _Lock()
+    @contextmanager
+    def _locked(self, operation: int) -> Iterator[None]:
+        fcntl.flock(self._fd, operation)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def append(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
         rows = np.column_stack(
@@ -223,8 +222,8 @@ class DriftMonitor:
             return None
 
     def report(self) -> DriftReport:
-        """The latest report, evaluating first if it is older than the interval (or missing)."""
-        self.flush()
+        """The latest report, evaluating first if it is older than the interval (or missing). Runs in a
+        thread: call flush() first, on the event loop, so this worker's latest rows are in it."""
         latest = self.latest()
         if latest is None or time.time() - latest.evaluated_at >= self.interval:
             latest = self.evaluate_if_due() or self.latest() or latest
@@ -270,9 +269,7 @@ class DriftMonitor:
                 drifted=drifted,
                 **common,
             )
-        temporary = self.report_path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(report.model_dump_json())
-        temporary.replace(self.report_path)
+        replace_file(self.report_path, report.model_dump_json())
         publish(report, self.metrics)
         if previous is None or previous.status != report.status:
             bound = logger.bind(

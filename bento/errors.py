@@ -57,8 +57,9 @@ class ErrorResponse(BaseModel):
     detail: list[ErrorDetail] = Field(description=f"the problems, at most {MAX_LISTED_PROBLEMS + 1} entries")
 
 
-def _cut(text: str) -> str:
-    return text if len(text) <= MAX_TEXT else f"{text[: MAX_TEXT - 20]}... ({len(text)} characters)"
+def cut(text: str, limit: int = MAX_TEXT) -> str:
+    """Client-chosen text (names, paths, messages quoting them), bounded: in answers and in logs."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ class ErrorAnswer:
 
     def body(self) -> dict[str, Any]:
         return {
-            "error": _cut(self.error),
-            "detail": [{"field": _cut(field), "message": _cut(message)} for field, message in self.detail],
+            "error": cut(self.error),
+            "detail": [{"field": cut(field), "message": cut(message)} for field, message in self.detail],
         }
 
     def content(self) -> bytes:

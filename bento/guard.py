@@ -3,7 +3,8 @@
 EdgeGuard wraps BentoML's whole ASGI app, so it sees a request before BentoML labels its metrics
 with the path: unknown paths (404) and disallowed methods (405, with Allow) are answered there and
 never become a metric series; requests past MAX_CONCURRENCY in this worker (a batch weighing one
-more per WEIGHT_BYTES of body) are shed with a 503 and Retry-After before BentoML parses anything;
+more per WEIGHT_BYTES of body) are shed with a 503 and Retry-After before BentoML parses anything
+(a shed batch also closes its connection);
 every answer carries X-Request-ID, and `Connection: close` once the pod drains;
 every error answer from below (BentoML's validation errors and 504 timeouts, Starlette's, FastAPI's)
 is rewritten into the contract's shape and logged once.
@@ -37,6 +38,7 @@ _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
 _MAX_ERROR_BODY = 64 * 1024
 _LOGGED_PATH = 100
 WEIGHT_BYTES = 256 * 1024
+_CLOSE = (b"connection", b"close")
 
 
 @dataclass
@@ -98,13 +100,12 @@ async def respond(send: Send, answer: ErrorAnswer, headers: list[tuple[bytes, by
 
 
 def log_answer(scope: Scope, answer: ErrorAnswer) -> None:
-    path = scope["path"]
     bound = logger.bind(
         status=answer.status,
         method=scope["method"],
-        path=path if len(path) <= _LOGGED_PATH else f"{path[:_LOGGED_PATH]}... ({len(path)} characters)",
-        error=answer.error[: errors.MAX_TEXT],
-        fields=[field[:_LOGGED_PATH] for field, _ in answer.detail[:10]],
+        path=errors.cut(scope["path"], _LOGGED_PATH),
+        error=errors.cut(answer.error),
+        fields=[errors.cut(field, _LOGGED_PATH) for field, _ in answer.detail[:10]],
     )
     if answer.status == 504:
         bound.warning("request timed out")
@@ -157,9 +158,8 @@ class EdgeGuard:
             return
         request_id = _request_id(scope)
         token = REQUEST_ID.set(request_id)
-        headers = [(b"x-request-id", request_id.encode())]
-        if self.draining():
-            headers.append((b"connection", b"close"))
+        draining = self.draining()
+        headers = [(b"x-request-id", request_id.encode()), *([_CLOSE] if draining else [])]
         try:
             path, method = scope["path"], scope["method"]
             methods = self.routes.methods(path)
@@ -181,11 +181,7 @@ class EdgeGuard:
                 self.on_shed()
                 # Closing costs the client a reconnect; keeping the connection would cost this worker
                 # reading and discarding the unread body, which for a batch is most of its work.
-                close = (
-                    [(b"connection", b"close")]
-                    if weight > 1 and (b"connection", b"close") not in headers
-                    else []
-                )
+                close = [_CLOSE] if weight > 1 and not draining else []
                 await respond(send, errors.overloaded(self.max_concurrency), [*headers, *close])
                 return
             self.in_progress += weight

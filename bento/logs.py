@@ -21,6 +21,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from bento import config
+from bento.errors import cut
 from bento.guard import REQUEST_ID
 
 MAX_MESSAGE = 2000
@@ -72,9 +73,7 @@ class _InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        message = record.getMessage()
-        if len(message) > MAX_MESSAGE:
-            message = f"{message[:MAX_MESSAGE]}... ({len(message)} characters)"
+        message = cut(record.getMessage(), MAX_MESSAGE)
         logger.bind(logger=record.name).opt(exception=record.exc_info).log(level, message)
 
 

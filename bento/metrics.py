@@ -8,6 +8,7 @@ The chart's alert rules and dashboard use these names (tests/monitoring checks e
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,3 +67,9 @@ class ServiceMetrics:
                 "input_drift_last_evaluation_timestamp_seconds", "Unix time of the last drift evaluation"
             ),
         )
+
+
+@functools.cache
+def service_metrics() -> ServiceMetrics:
+    """This worker's metrics, created on first use (after BentoML has set up Prometheus' multiprocess mode)."""
+    return ServiceMetrics.create()

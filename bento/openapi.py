@@ -34,6 +34,7 @@ intended use, the data, the metrics with their spread and the limitations.
 - Every error is `{"error", "detail": [{"field", "message"}]}` with the statuses documented per operation.
 """
 ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
+LICENSE_NAME = "MIT"  # the project's LICENSE
 API_STATUSES = (400, 408, 413, 415, 422, 500, 503, 504)
 INFO_STATUSES = (500, 503)
 _INTERNAL_SCHEMAS = ("TaskStatusResponse", "InvalidArgument", "NotFound", "InternalServerError")
@@ -61,11 +62,6 @@ EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
     ],
     504: [errors.ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))],
 }
-
-
-def document_license() -> str:
-    """The project's licence (LICENSE), as the document names it."""
-    return "MIT"
 
 
 def service_version() -> str:
@@ -111,7 +107,7 @@ def document(bentoml_spec: dict[str, Any], version: str, model_info: dict[str, A
         "version": version,
         "description": DESCRIPTION,
         "contact": {"name": "breast-cancer-classifier maintainers"},
-        "license": {"name": document_license()},
+        "license": {"name": LICENSE_NAME},
     }
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in _INTERNAL_SCHEMAS:

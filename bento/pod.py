@@ -36,6 +36,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def replace_file(path: Path, text: str) -> None:
+    """Write a shared file whole, so a worker reading it never sees half of another's write."""
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
 def pod_directory(home: Path = config.BENTOML_HOME, arbiter_pid: int | None = None) -> Path:
     """This pod's shared directory, created on first use; stale ones of dead arbiters are removed."""
     arbiter_pid = arbiter_pid or os.getppid()
@@ -131,6 +138,4 @@ class WorkerRecord:
             self._write({**record, "stopped_cleanly": True})
 
     def _write(self, record: dict) -> None:
-        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(record))
-        temporary.replace(self.path)
+        replace_file(self.path, json.dumps(record))

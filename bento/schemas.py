@@ -8,6 +8,7 @@ array path of bento/validation.py; the schemas (and so the OpenAPI document) sta
 from __future__ import annotations
 
 from datetime import datetime
+from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -19,6 +20,7 @@ from bento import validation
 from bento.errors import MAX_LISTED_PROBLEMS
 from wdbc import (
     BENIGN_EXAMPLE,
+    BENIGN_LABEL,
     FEATURE_DESCRIPTIONS,
     FEATURE_NAMES,
     MALIGNANT_EXAMPLE,
@@ -35,6 +37,8 @@ MAX_BATCH_ROWS = 1000
 # beyond it are not measurements, and near float's limit they overflow the model's arithmetic.
 MAX_FEATURE_VALUE = 1e6
 LIMITS = validation.Limits(max_value=MAX_FEATURE_VALUE, max_rows=MAX_BATCH_ROWS)
+# A validated Features row's 30 values, in model order.
+feature_values = attrgetter(*FEATURE_NAMES)
 
 
 def feature_description(name: str, stats: FeatureStats | None) -> str:
@@ -95,7 +99,7 @@ def features_model(feature_stats: dict[str, FeatureStats] | None = None) -> type
 
 
 class Prediction(BaseModel):
-    diagnosis: Literal["malignant", "benign"]
+    diagnosis: Literal[MALIGNANT_LABEL, BENIGN_LABEL]  # type: ignore[valid-type]
     probability_malignant: float = Field(ge=0, le=1)
     threshold: float = Field(ge=0, le=1, description="malignant when probability_malignant >= threshold")
     model_tag: str
@@ -141,9 +145,7 @@ def batch_models(features: type[BaseModel]) -> tuple[type[BaseModel], type[BaseM
 
         def matrix(self) -> np.ndarray:
             if self._matrix is None:
-                self._matrix = np.array(
-                    [[getattr(row, name) for name in FEATURE_NAMES] for row in self.instances]
-                )
+                self._matrix = np.array([feature_values(row) for row in self.instances])
             return self._matrix
 
         @classmethod

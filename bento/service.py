@@ -27,7 +27,7 @@ from bento import config, errors, logs, openapi, protocol, schemas
 from bento.drift import DriftMonitor, DriftReport
 from bento.explain import Explainer, Explanation
 from bento.guard import EdgeGuard, RequestGuard, RouteTable
-from bento.metrics import ServiceMetrics
+from bento.metrics import service_metrics
 from bento.pod import DrainSwitch, WorkerRecord, pod_directory
 from bento.scoring import LinearScorer, ModelCheckFailed, Scorer, load_scorer
 from wdbc import (
@@ -170,6 +170,7 @@ async def drift() -> DriftReport | JSONResponse:
     service = get_current_service()
     if service is None or service.model is None:
         return _unavailable()
+    service.drift.flush()  # this worker's latest rows, written here on the event loop
     return await asyncio.to_thread(service.drift.report)
 
 
@@ -316,7 +317,7 @@ class BreastCancerClassifier:
     @bentoml.api(route="/predict")
     async def predict(self, features: Features, /) -> schemas.Prediction:  # type: ignore[valid-type]
         """Diagnose one sample."""
-        matrix = np.array([[getattr(features, name) for name in FEATURE_NAMES]])
+        matrix = np.array([schemas.feature_values(features)])
         (probability,), (malignant,), warnings = self._diagnose(matrix)
         return schemas.Prediction(
             diagnosis=_DIAGNOSES[malignant],
@@ -351,7 +352,7 @@ class BreastCancerClassifier:
         if model.explainer is None:
             answer = errors.not_explainable("the served model is not StandardScaler + LogisticRegression")
             return JSONResponse(answer.body(), answer.status)
-        row = np.array([getattr(features, name) for name in FEATURE_NAMES])
+        row = np.array(schemas.feature_values(features))
         (probability,), (malignant,), _ = self._diagnose(row[np.newaxis])
         logit, baseline, measurements = model.explainer.explain(row)
         return Explanation(
@@ -365,23 +366,16 @@ class BreastCancerClassifier:
         )
 
 
-_metrics: ServiceMetrics | None = None
-
-
-def service_metrics() -> ServiceMetrics:
-    """Created once per worker, on first use (after BentoML has set up Prometheus' multiprocess mode)."""
-    global _metrics
-    if _metrics is None:
-        _metrics = ServiceMetrics.create()
-    return _metrics
-
-
 def _model_loaded() -> bool:
     service = get_current_service()
     return service is not None and service.model is not None
 
 
 API_PATHS = frozenset(api.route for api in BreastCancerClassifier.apis.values())
+if API_PATHS != set(PREDICTION_PATHS):  # the tracing exclusion above must name every API route
+    raise RuntimeError(
+        f"PREDICTION_PATHS {PREDICTION_PATHS} differ from the service's APIs {sorted(API_PATHS)}"
+    )
 BreastCancerClassifier.add_asgi_middleware(
     RequestGuard,
     # The service's own API routes: a new endpoint is guarded without being listed twice.

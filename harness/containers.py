@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,10 @@ def cpus(quantity: str) -> float:
     return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
-def run_args(image: str, name: str, port: int, env: dict[str, str] | None = None) -> list[str]:
+def run_args(
+    image: str, name: str, port: int, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    """The engine's `run` arguments; `extra` goes before the image name (e.g. a --volume)."""
     contract = runtime_contract()
     tmpfs = [arg for path in contract["writablePaths"] for arg in ("--tmpfs", f"{path}:rw,mode=1777")]
     extra_env = [arg for key, value in (env or {}).items() for arg in ("--env", f"{key}={value}")]
@@ -90,11 +94,14 @@ def run_args(image: str, name: str, port: int, env: dict[str, str] | None = None
         # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.
         "--env", f"BENTOML_PORT={port}",
         *extra_env,
+        *extra,
         image,
     ]  # fmt: skip
 
 
-def start(engine: Engine, image: str, env: dict[str, str] | None = None) -> Container:
+def start(
+    engine: Engine, image: str, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+) -> Container:
     """Start a container and wait for /readyz 200. If it never gets there, remove it and raise
     NotReady with its logs; otherwise the caller removes it (`rm --force <name>`)."""
     name = f"bcc-test-{uuid.uuid4().hex[:8]}"
@@ -102,7 +109,7 @@ def start(engine: Engine, image: str, env: dict[str, str] | None = None) -> Cont
     url = f"http://127.0.0.1:{port}"
     readiness = runtime_contract()["probes"]["readiness"]
     started = time.monotonic()
-    engine.run(*run_args(image, name, port, env))
+    engine.run(*run_args(image, name, port, env, extra))
     try:
         poll = 0
         while time.monotonic() - started < READY_TIMEOUT:

@@ -1,6 +1,6 @@
 """Start an HTTP server as a child process, wait until it answers, stop it.
 
-    with serving(bentoml_serve_command(port), url, log_path, env) as server: ...
+    with serving(start_service(bentoml_home, log_path, SERVICE_WORKERS="2")) as server: ...
 
 One lifecycle for `bentoml serve` in the tests, the service and the reference apps in the
 benchmark: start, poll a readiness path, stop with SIGTERM (SIGKILL after a grace period).

@@ -116,6 +116,11 @@ def selector_matches(selector: Obj, labels: Mapping[str, str]) -> bool:
     return True
 
 
+def is_ready(pod: Obj) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
 def pod_problems(
     pods: Iterable[Obj], events: Iterable[Obj] = (), logs: Mapping[str, str] | None = None
 ) -> list[str]:
@@ -131,8 +136,7 @@ def pod_problems(
     problems = []
     for pod in live:
         status = pod.get("status") or {}
-        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or [])
-        if not ready:
+        if not is_ready(pod):
             name = pod["metadata"]["name"]
             waiting = [
                 f"{c['name']}: {c['state']['waiting'].get('reason')}"
@@ -375,17 +379,10 @@ class Cluster:
                 print(log, file=sys.stderr)
 
 
-def unready_pod_problems(cluster: Cluster, deployment: Obj) -> list[str]:
-    """pod_problems with the events and logs of the pods that are not Ready."""
-    pods = cluster.pods(deployment)
-    unready = [
-        pod
-        for pod in pods
-        if not any(
-            c["type"] == "Ready" and c["status"] == "True"
-            for c in (pod.get("status") or {}).get("conditions") or []
-        )
-    ]
+def unready_pod_problems(cluster: Cluster, deployment: Obj, pods: list[dict] | None = None) -> list[str]:
+    """pod_problems with the events and logs of the pods that are not Ready (listed here unless given)."""
+    pods = cluster.pods(deployment) if pods is None else pods
+    unready = [pod for pod in pods if not is_ready(pod)]
     events = [event for pod in unready for event in cluster.events(pod["metadata"]["name"])]
     logs = {pod["metadata"]["name"]: cluster.log(pod) for pod in unready}
     return pod_problems(pods, events, logs)
@@ -421,7 +418,7 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
     pods = [p for p in cluster.pods(deployment) if not p["metadata"].get("deletionTimestamp")]
     problems = (hpa_problems(hpa, deployment) if hpa else []) + (pdb_problems(pdb, deployment) if pdb else [])
     if pod_problems(pods):
-        problems += unready_pod_problems(cluster, deployment)
+        problems += unready_pod_problems(cluster, deployment, pods)
     if problems:
         raise VerificationError("; ".join(problems))
     targets = (

@@ -14,7 +14,7 @@
 #   BENTOML_HOME      BentoML store holding the trained model (default .bentoml)
 #   IMAGE_INFO_FILE   where to record what was built (default .bentoml/last-image.env)
 #
-# The record is one KEY=value a line (IMAGE, IMAGE_REPOSITORY, IMAGE_TAG, BENTO_TAG, MODEL_TAG,
+# The record is one KEY=value a line (IMAGE, IMAGE_REPOSITORY, IMAGE_TAG, BENTO_TAG, MODEL_TAG, VERSION,
 # ENGINE), for tests/container and the workflow; the same lines are printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -92,6 +92,7 @@ IMAGE_REPOSITORY=$repository
 IMAGE_TAG=${bento_tag#*:}
 BENTO_TAG=$bento_tag
 MODEL_TAG=$model_tag
+VERSION=$version
 ENGINE=$ENGINE
 EOF
 cat "$info_file"

@@ -36,7 +36,7 @@ def test_the_changelog_has_the_current_version() -> None:
 
 
 def test_the_licence_is_the_one_the_api_document_names() -> None:
-    assert (REPO_ROOT / "LICENSE").read_text().startswith(f"{openapi.document_license()} License")
+    assert (REPO_ROOT / "LICENSE").read_text().startswith(f"{openapi.LICENSE_NAME} License")
 
 
 def test_dependabot_watches_directories_that_hold_what_it_updates() -> None:

@@ -38,13 +38,12 @@ from typing import Any
 import bentoml
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
 from training.dataset import DEFAULT_CSV, Dataset, DatasetError, load_csv
-from training.evaluation import QUALITY_GATE, TrainedModel, fold_scores, gate_failures, score, summarise
+from training.evaluation import QUALITY_GATE, TrainedModel, gate_failures, score, summarise
 from training.registry import Registry, RegistryError
-from training.train import fit, split
+from training.train import fit, recipe_fold_scores, split
 from wdbc import MetadataError, ModelMetadata
 
 # Below one row's weight in a fold (~0.011 accuracy, ~0.03 malignant recall): noise-sized shortfalls
@@ -146,7 +145,7 @@ def compare(candidate: bentoml.Model, promoted: bentoml.Model | None, data: Data
         _check_reproducible(str(candidate.tag), stored, train_x, train_y, test_x, seed)
         candidate_scores = Scores(
             tag=str(candidate.tag),
-            folds=_fold_scores(stored.pipeline, train_x, train_y, seed),
+            folds=recipe_fold_scores(train_x, train_y, seed, stored.pipeline),
             holdout_recall=score(stored, test_x, test_y)[HOLDOUT_METRIC],
         )
         promoted_scores = None
@@ -154,7 +153,7 @@ def compare(candidate: bentoml.Model, promoted: bentoml.Model | None, data: Data
             recipe = bentoml.sklearn.load_model(promoted)
             promoted_scores = Scores(
                 tag=str(promoted.tag),
-                folds=_fold_scores(recipe, train_x, train_y, seed),
+                folds=recipe_fold_scores(train_x, train_y, seed, recipe),
                 holdout_recall=score(fit(train_x, train_y, seed, recipe), test_x, test_y)[HOLDOUT_METRIC],
             )
     return Decision(
@@ -166,10 +165,6 @@ def compare(candidate: bentoml.Model, promoted: bentoml.Model | None, data: Data
         train_rows=len(train_y),
         holdout_rows=len(test_y),
     )
-
-
-def _fold_scores(recipe: BaseEstimator, features: np.ndarray, labels: np.ndarray, seed: int) -> pd.DataFrame:
-    return fold_scores(lambda x, y: fit(x, y, seed, recipe), features, labels, seed)
 
 
 def _check_reproducible(

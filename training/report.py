@@ -30,7 +30,6 @@ from wdbc import CLASS_LABELS, FEATURE_NAMES, MALIGNANT_LABEL, STATISTICS, featu
 
 # Three measurements of one nucleus's size: almost collinear, so their coefficients share one signal.
 SIZE_MEASUREMENTS = ("radius", "perimeter", "area")
-MALIGNANT = CLASS_LABELS.index(MALIGNANT_LABEL)
 
 
 def summary(run: TrainingRun) -> str:

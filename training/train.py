@@ -23,6 +23,7 @@ from pathlib import Path
 
 import bentoml
 import numpy as np
+import pandas as pd
 import sklearn
 from sklearn.base import BaseEstimator, clone
 from sklearn.linear_model import LogisticRegression
@@ -89,12 +90,6 @@ def threshold_choice(
         labels=labels,
         probabilities=probabilities,
     )
-
-
-def choose_threshold(
-    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None = None
-) -> float:
-    return threshold_choice(features, labels, seed, recipe).threshold
 
 
 def best_f_beta_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float:
@@ -184,9 +179,16 @@ def train(
         return _train(data, seed, compared_with, recipe)
 
 
+def recipe_fold_scores(
+    features: np.ndarray, labels: np.ndarray, seed: int, recipe: BaseEstimator | None = None
+) -> pd.DataFrame:
+    """The gate's folds scored for a recipe (training's own when None), fitted as training fits."""
+    return fold_scores(lambda x, y: fit(x, y, seed, recipe), features, labels, seed)
+
+
 def _train(data: Dataset, seed: int, compared_with: str | None, recipe: BaseEstimator | None) -> TrainingRun:
     train_x, test_x, train_y, test_y = split(data, seed)
-    cv_metrics = summarise(fold_scores(lambda x, y: fit(x, y, seed, recipe), train_x, train_y, seed))
+    cv_metrics = summarise(recipe_fold_scores(train_x, train_y, seed, recipe))
     model, choice = _fit(train_x, train_y, seed, recipe)
     holdout = evaluate_holdout(model, test_x, test_y)
     metadata = ModelMetadata(

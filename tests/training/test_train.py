@@ -14,35 +14,30 @@ from harness.paths import REPO_ROOT
 from tests.conftest import run_training
 from training import report
 from training import train as training
-from training.dataset import load_csv, write_csv
+from training.dataset import write_csv
 from wdbc import FEATURE_NAMES, MALIGNANT_LABEL, ModelMetadata
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory):
-    return load_csv(write_csv(tmp_path_factory.mktemp("data") / "breast-cancer.csv"))
-
-
-def test_gate_passes_for_most_seeds(data) -> None:
+def test_gate_passes_for_most_seeds(bundled) -> None:
     """The gate is a property of the method, not of a lucky seed."""
-    passed = [seed for seed in range(10) if not training.train(data, seed).gate_failures]
+    passed = [seed for seed in range(10) if not training.train(bundled, seed).gate_failures]
     assert len(passed) >= 8, f"gate passed only for seeds {passed}"
 
 
-def test_same_data_and_seed_give_the_same_model(data) -> None:
-    first, second = training.train(data, 7), training.train(data, 7)
+def test_same_data_and_seed_give_the_same_model(bundled) -> None:
+    first, second = training.train(bundled, 7), training.train(bundled, 7)
     assert first.metadata == second.metadata
     np.testing.assert_array_equal(
-        first.model.pipeline.predict_proba(data.features.to_numpy()),
-        second.model.pipeline.predict_proba(data.features.to_numpy()),
+        first.model.pipeline.predict_proba(bundled.features.to_numpy()),
+        second.model.pipeline.predict_proba(bundled.features.to_numpy()),
     )
 
 
-def test_metadata_records_what_later_stages_need(data) -> None:
-    run = training.train(data, 3)
+def test_metadata_records_what_later_stages_need(bundled) -> None:
+    run = training.train(bundled, 3)
     metadata = run.metadata
     assert metadata.feature_names == FEATURE_NAMES
-    assert metadata.lineage.dataset_sha256 == data.sha256
+    assert metadata.lineage.dataset_sha256 == bundled.sha256
     assert metadata.lineage.seed == 3
     assert 0 < metadata.threshold <= 0.5
     stats = metadata.feature_stats["area_worst"]

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 
+from harness.paths import CHART, chart_values
 from harness.paths import REPO_ROOT as ROOT
 from k8s import verify
 
@@ -335,7 +336,7 @@ def set_keys_exist(args: list[str], values: dict, where: str) -> None:
 
 
 def test_helm_commands_use_existing_values_and_fail_safe(jobs):
-    values = yaml.safe_load((ROOT / "charts" / "breast-cancer-classifier" / "values.yaml").read_text())
+    values = chart_values()
     e2e, deploy = e2e_script(), script(jobs["deploy"])
     upgrades = {"e2e": commands(e2e, "helm"), "deploy": commands(deploy, "helm")}
     for name, timeout in (("e2e", "10m"), ("deploy", "5m")):
@@ -377,7 +378,7 @@ def test_paths_the_workflow_and_the_e2e_script_name_exist():
             assert list(ROOT.glob(path)), f"{source.name} names {path}, which does not exist"
         chart_files = set(re.findall(r"\$CHART/([\w./-]+)", text))
         for path in chart_files:
-            assert (ROOT / "charts" / "breast-cancer-classifier" / path).is_file(), (source.name, path)
+            assert (CHART / path).is_file(), (source.name, path)
     assert "scripts/e2e-kind.sh" in CI.read_text()
     script_paths = set(re.findall(r"(?<![\w./$-])(k8s/[\w.-]+)", E2E_SCRIPT.read_text()))
     assert {

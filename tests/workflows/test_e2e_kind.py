@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.paths import CHART
+from harness.paths import CHART, chart_values
 from harness.paths import REPO_ROOT as ROOT
+from harness.servers import free_port
 from tests.conftest import require_tool
 from tests.workflows.test_ci import BIN, E2E_SCRIPT, commands, e2e_script, load, script_constant
 
@@ -71,9 +72,7 @@ def test_shellcheck_would_catch_a_mistake(tmp_path):
 
 
 def test_the_workflow_runs_the_script_after_the_cluster_and_the_tools():
-    (e2e,) = [
-        job for name, job in load(ROOT / ".github" / "workflows" / "ci.yml")["jobs"].items() if name == "e2e"
-    ]
+    e2e = load(ROOT / ".github" / "workflows" / "ci.yml")["jobs"]["e2e"]
     steps = [step.get("run", step.get("uses", "")).strip() for step in e2e["steps"]]
     tools = steps.index("make tools")
     kind = next(i for i, step in enumerate(steps) if step.startswith("helm/kind-action@"))
@@ -280,7 +279,7 @@ def test_the_load_job_passes_pod_security_restricted(load_job):
 
 
 def test_the_load_job_matches_the_script_the_service_and_the_configmap(load_job):
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    values = chart_values()
     metadata = load_job["metadata"]
     assert metadata["name"] == script_constant("LOAD_JOB")
     assert metadata["namespace"] == script_constant("NAMESPACE")
@@ -491,9 +490,7 @@ def test_load_fails_on_a_non_2xx_or_a_wrong_answer(tmp_path, behave, field):
 
 
 def test_load_fails_when_the_service_never_gets_ready(tmp_path):
-    with socket.socket() as unused:  # a port nothing listens on
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = free_port()  # a port nothing listens on
     example = tmp_path / "row.json"
     example.write_text("{}")
     env = {
