@@ -12,19 +12,18 @@ Statistics that hold at this data size (a ~455-row reference, windows of ~100-20
   disjoint samples of the real rows). No PSI with fixed thresholds: at these sizes its sampling
   noise alone crosses them.
 
-One window per pod, not per worker: every worker appends its rows to a ring buffer in a shared
-memory-mapped file, under an exclusive lock, so the window is the pod's last N rows whatever worker
-served them. Evaluation runs in whichever worker finds the last one older than the interval.
+One window per pod, not per worker. A worker keeps its latest rows in memory (appending is all a
+request does) and saves them, a few times a second, to a file of its own under the pod's
+BENTOML_HOME; the window is the newest DRIFT_WINDOW_ROWS rows of all those files, written since the
+pod started. Whichever worker evaluates reads the same files, and the report is one file that
+every worker answers /drift from. The pod's first worker evaluates every DRIFT_EVALUATION_SECONDS
+and publishes the gauges; /drift evaluates first when the report is older than that.
 """
 
 from __future__ import annotations
 
-import fcntl
-import mmap
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -33,62 +32,16 @@ from loguru import logger
 from pydantic import BaseModel, Field
 
 from bento.metrics import ServiceMetrics
-from bento.pod import replace_file
-from wdbc import FEATURE_NAMES
+from wdbc import FEATURE_NAMES, Reference
 
 LOGIT = "logit"
 MALIGNANT_SHARE = "malignant_share"
 # Below this many rows an evaluation has too little power to mean anything: status "collecting".
 MIN_WINDOW_ROWS = 30
-_COLUMNS = len(FEATURE_NAMES) + 2  # the features, the logit, 1.0 if predicted malignant
-_HEADER = 16  # uint64 rows ever appended, uint64 capacity
-
-
-class SharedWindow:
-    """The pod's last `capacity` rows, in a file every worker maps; appends take an exclusive flock."""
-
-    def __init__(self, path: Path, capacity: int) -> None:
-        self.capacity = capacity
-        size = _HEADER + capacity * _COLUMNS * 8
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        with self._locked(fcntl.LOCK_EX):
-            header = os.pread(self._fd, _HEADER, 0)
-            if len(header) < _HEADER or int(np.frombuffer(header, np.uint64)[1]) != capacity:
-                os.ftruncate(self._fd, 0)  # a new pod, or a window of another size: start empty
-                os.ftruncate(self._fd, size)
-                os.pwrite(self._fd, np.array([0, capacity], np.uint64).tobytes(), 0)
-        self._map = mmap.mmap(self._fd, size)
-        self._count = np.ndarray((2,), np.uint64, buffer=self._map)
-        self._rows = np.ndarray((capacity, _COLUMNS), np.float64, buffer=self._map, offset=_HEADER)
-
-    @contextmanager
-    def _locked(self, operation: int) -> Iterator[None]:
-        fcntl.flock(self._fd, operation)
-        try:
-            yield
-        finally:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-    def append(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
-        rows = np.column_stack(
-            (features[-self.capacity :], logits[-self.capacity :], malignant[-self.capacity :])
-        )
-        with self._locked(fcntl.LOCK_EX):
-            start = int(self._count[0]) % self.capacity
-            first = min(len(rows), self.capacity - start)
-            self._rows[start : start + first] = rows[:first]
-            self._rows[: len(rows) - first] = rows[first:]
-            self._count[0] += len(rows)
-
-    def snapshot(self) -> tuple[np.ndarray, int]:
-        """(the window's rows, oldest first; how many rows the pod has ever appended)."""
-        with self._locked(fcntl.LOCK_SH):
-            total = int(self._count[0])
-            rows = self._rows.copy()
-        if total < self.capacity:
-            return rows[:total], total
-        start = total % self.capacity
-        return np.concatenate((rows[start:], rows[:start])), total
+# A row: the 30 features, the logit, 1.0 if predicted malignant, the Unix time it was recorded.
+_COLUMNS = len(FEATURE_NAMES) + 3
+# How often a worker saves its latest rows for the pod's window: the window lags the requests by that.
+FLUSH_SECONDS = 1.0
 
 
 class TestResult(BaseModel):
@@ -163,93 +116,115 @@ def holm(p_values: list[float], alpha: float) -> list[bool]:
     return rejected
 
 
+
+
+def _replace(path: Path, write) -> None:
+    """Write a shared file whole, so a worker reading it never sees half of another's write."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    write(temporary)
+    temporary.replace(path)
+
+
+class WorkerRows:
+    """This worker's latest rows: appended in memory, saved to its own file by `flush`."""
+
+    def __init__(self, path: Path, capacity: int, pod_started: float) -> None:
+        self.path, self.capacity = path, capacity
+        self.rows, self.seen = np.empty((0, _COLUMNS)), 0
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+        saved = _load(path, pod_started)  # a replaced worker's rows are this one's to keep
+        if saved is not None:
+            self.rows, self.seen = saved
+
+    def record(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
+        self._pending.append((features, logits, malignant, time.time()))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        new = np.vstack([np.column_stack((f, lg, m, np.full(len(f), t))) for f, lg, m, t in pending])
+        self.rows = np.vstack((self.rows, new))[-self.capacity :]
+        self.seen += len(new)
+        _replace(self.path, self._save)
+
+    def _save(self, path: Path) -> None:
+        with path.open("wb") as file:  # the first row holds the count of rows seen
+            np.save(file, np.vstack((np.full((1, _COLUMNS), float(self.seen)), self.rows)))
+
+
+def _load(path: Path, pod_started: float) -> tuple[np.ndarray, int] | None:
+    """A worker's saved rows, if it was written by this pod (not by an earlier run)."""
+    try:
+        if path.stat().st_mtime < pod_started:
+            return None
+        saved = np.load(path)
+    except (OSError, ValueError):
+        return None
+    if saved.ndim != 2 or saved.shape[1] != _COLUMNS or len(saved) < 1:
+        return None
+    return saved[1:], int(saved[0, 0])
+
+
+def pod_window(directory: Path, capacity: int, pod_started: float) -> tuple[np.ndarray, int]:
+    """(the newest `capacity` rows of every worker of this pod, oldest first; how many it has ever seen)."""
+    saved = [found for path in directory.glob("worker-*.npy") if (found := _load(path, pod_started))]
+    if not saved:
+        return np.empty((0, _COLUMNS)), 0
+    rows = np.vstack([rows for rows, _ in saved])
+    return rows[np.argsort(rows[:, -1], kind="stable")][-capacity:], sum(seen for _, seen in saved)
+
+
 class DriftMonitor:
-    """The pod's window, its periodic evaluation, the report file and the gauges.
-
-    A worker buffers its rows and writes them to the shared window FLUSH_ROWS at a time, or every
-    FLUSH_SECONDS (`flush_if_due`, also called by the worker's background loop when idle): one lock
-    and one write per batch of requests instead of per request, at the cost of a window that lags
-    the requests by a fraction of a second.
-    """
-
-    FLUSH_ROWS = 64
-    FLUSH_SECONDS = 0.25
+    """The pod's window, its evaluation, the report file and the gauges."""
 
     def __init__(
         self,
         directory: Path,
-        reference_features: np.ndarray,
-        reference_logits: np.ndarray,
+        worker: int,
+        pod_started: float,
+        reference: Reference,
         expected_share: float,
         capacity: int,
         interval: float,
         alpha: float,
         metrics: ServiceMetrics,
     ) -> None:
-        self.window = SharedWindow(directory / "drift-window", capacity)
-        self.report_path = directory / "drift-report.json"
-        self._lock_path = directory / "drift-evaluation.lock"
-        self.reference_features = reference_features
-        self.reference_logits = reference_logits
-        self.expected_share = expected_share
-        self.interval = interval
-        self.alpha = alpha
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory, self.pod_started = directory, pod_started
+        self.rows = WorkerRows(directory / f"worker-{worker}.npy", capacity, pod_started)
+        self.report_path = directory / "report.json"
+        self.reference, self.expected_share = reference, expected_share
+        self.capacity, self.interval, self.alpha = capacity, interval, alpha
         self.metrics = metrics
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._pending_rows = 0
-        self._flushed_at = time.monotonic()
 
     def record(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
-        self._pending.append((features, logits, malignant))
-        self._pending_rows += len(features)
-        if self._pending_rows >= self.FLUSH_ROWS or time.monotonic() - self._flushed_at >= self.FLUSH_SECONDS:
-            self.flush()
-
-    def flush_if_due(self) -> None:
-        if self._pending and time.monotonic() - self._flushed_at >= self.FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        pending, self._pending, self._pending_rows = self._pending, [], 0
-        self._flushed_at = time.monotonic()
-        if pending:
-            self.window.append(*(np.concatenate(part) for part in zip(*pending, strict=True)))
+        self.rows.record(features, logits, malignant)
 
     def latest(self) -> DriftReport | None:
         try:
+            if self.report_path.stat().st_mtime < self.pod_started:
+                return None
             return DriftReport.model_validate_json(self.report_path.read_bytes())
         except (OSError, ValueError):
             return None
 
     def report(self) -> DriftReport:
-        """The latest report, evaluating first if it is older than the interval (or missing). Runs in a
-        thread: call flush() first, on the event loop, so this worker's latest rows are in it."""
+        """The latest report, evaluated first if it is older than the interval (runs in a thread)."""
         latest = self.latest()
         if latest is None or time.time() - latest.evaluated_at >= self.interval:
-            latest = self.evaluate_if_due() or self.latest() or latest
-        # Only None while another worker runs the very first evaluation: do it here too.
-        return latest or self._evaluate(None)
+            return self.evaluate(latest)
+        return latest
 
-    def evaluate_if_due(self) -> DriftReport | None:
-        """Evaluate unless another worker is doing it or did it less than an interval ago."""
-        with open(self._lock_path, "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return None  # another worker is evaluating
-            previous = self.latest()
-            if previous is not None and time.time() - previous.evaluated_at < self.interval:
-                return None
-            return self._evaluate(previous)
-
-    def _evaluate(self, previous: DriftReport | None) -> DriftReport:
-        rows, seen = self.window.snapshot()
+    def evaluate(self, previous: DriftReport | None = None) -> DriftReport:
+        previous = previous or self.latest()
+        rows, seen = pod_window(self.directory, self.capacity, self.pod_started)
         common = {
             "evaluated_at": time.time(),
             "window_rows": len(rows),
-            "window_capacity": self.window.capacity,
+            "window_capacity": self.capacity,
             "rows_seen": seen,
-            "reference_rows": len(self.reference_features),
+            "reference_rows": len(self.reference.features),
             "alpha": self.alpha,
             "method": "two-sample Cramér–von Mises per feature and on the logit, exact binomial test of "
             "the malignant share, Holm correction over all of them",
@@ -258,18 +233,17 @@ class DriftMonitor:
             report = DriftReport(status="collecting", features={}, logit=None, malignant_share=None, **common)
         else:
             features, logit, share, drifted = evaluate(
-                self.reference_features, self.reference_logits, rows, self.expected_share, self.alpha
+                self.reference.features, self.reference.logits, rows[:, :-1], self.expected_share, self.alpha
             )
-            status = "drift" if drifted else "ok"
             report = DriftReport(
-                status=status,
+                status="drift" if drifted else "ok",
                 features=features,
                 logit=logit,
                 malignant_share=share,
                 drifted=drifted,
                 **common,
             )
-        replace_file(self.report_path, report.model_dump_json())
+        _replace(self.report_path, lambda path: path.write_text(report.model_dump_json()))
         publish(report, self.metrics)
         if previous is None or previous.status != report.status:
             bound = logger.bind(
@@ -279,11 +253,7 @@ class DriftMonitor:
                 drifted=report.drifted,
             )
             log = bound.warning if report.status == "drift" else bound.info
-            log(
-                "input drift status is now {}{}",
-                report.status,
-                f": {', '.join(report.drifted)}" * bool(report.drifted),
-            )
+            log("input drift status is now {}{}", report.status, f": {', '.join(report.drifted)}" * bool(report.drifted))
         return report
 
 

@@ -1,44 +1,45 @@
-"""One error contract for every endpoint, BentoML's and Starlette's own errors included.
+"""One error contract for every endpoint: the shape, the statuses, and each answer the service gives.
 
 Every error answer is small JSON of one shape,
     {"error": "<short message>", "detail": [{"field": "<name or path>", "message": "..."}]},
 with at most MAX_LISTED_PROBLEMS entries in `detail` (then a last entry says how many there were)
-and every field and message cut to MAX_TEXT characters. Statuses (STATUSES below, which the OpenAPI
-document and the README's API page repeat from here):
-
-This module is the contract: the shape, the answers, and the mapping of other components' errors
-onto it. bento/guard.py enforces it on every request.
+and every field and message cut to MAX_TEXT characters. bento/edge.py gives these answers before a
+request reaches BentoML; the OpenAPI document (bento/openapi.py) and docs/api.md list STATUSES.
+Framing the HTTP parser itself refuses (a header block over 16 KiB, a malformed request line or chunk)
+gets the parser's plain-text 400 and a closed connection.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from http import HTTPStatus
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, Field
 
+from bento import config
+
 JSON_CONTENT_TYPE = "application/json"
 MAX_LISTED_PROBLEMS = 20
 MAX_TEXT = 200
-# The error type of the last, summarising entry of a list cut at MAX_LISTED_PROBLEMS (bento/validation.py).
-TOO_MANY_PROBLEMS = "too_many_problems"
-RETRY_AFTER_SECONDS = 1
 
 STATUSES: dict[int, str] = {
-    400: "the body is not JSON, or is empty",
+    400: "the body is not JSON (RFC 8259: no NaN or Infinity), or is empty; or the request has no or two Host headers",
+    401: "no valid bearer token: missing, malformed, expired, for another audience or issuer, or badly signed",
+    403: "a valid token of a caller that is not allowed on this path",
     404: "no such path (a trailing slash is a different path; there are no redirects)",
     405: "the path exists, the method does not; the Allow header lists the methods",
     408: "the body did not arrive within BODY_TIMEOUT_SECONDS (e.g. shorter than its Content-Length)",
-    413: "the body is larger than the limit (MAX_REQUEST_BYTES; 64 KiB for a single row)",
+    413: f"the body is larger than the limit (MAX_REQUEST_BYTES; {config.SINGLE_ROW_BYTES} bytes for a single row)",
     415: "the Content-Type of a POST is not application/json",
-    422: "well-formed JSON that is invalid: each problem names its field (batch rows by index)",
+    422: "well-formed JSON that is invalid: each problem names its field (batch rows by index), "
+    "a value outside the model's validity domain and a duplicate key included",
+    431: f"more than MAX_HEADERS ({config.MAX_HEADERS}) header fields, or a request line and headers over "
+    f"{config.MAX_HEAD_BYTES} bytes",
     500: "a bug on our side, never something the client sent",
     501: "the served model cannot be explained feature by feature (it is not linear)",
-    503: "the model is not loaded (the pod is not ready either), or the worker is at MAX_CONCURRENCY "
-    "(with Retry-After): retry",
+    503: "the model is not loaded or the token-signing keys are not (the pod is not ready either), or the "
+    "worker is at MAX_CONCURRENCY: retry after Retry-After",
     504: "the request took longer than the service's timeout",
 }
 
@@ -79,11 +80,28 @@ class ErrorAnswer:
         return orjson.dumps(self.body())
 
 
+def problems(detail: list[tuple[str, str]], total: int) -> ErrorAnswer:
+    """A 422 listing at most MAX_LISTED_PROBLEMS problems, and how many there were in all."""
+    listed = tuple(detail[:MAX_LISTED_PROBLEMS])
+    if total > len(listed):
+        summary = f"{total} problems in all; the first {len(listed)} are listed"
+        return ErrorAnswer(422, f"invalid request: {summary}", (*listed, ("body", summary)))
+    return ErrorAnswer(422, f"invalid request: {total} problem{'s' * (total != 1)}", listed)
+
+
 def malformed_json(message: str) -> ErrorAnswer:
     return ErrorAnswer(400, "malformed JSON", (("body", message),))
 
 
 EMPTY_BODY = ErrorAnswer(400, "empty request body", (("body", "expected a JSON object"),))
+
+
+def bad_host(count: int) -> ErrorAnswer:
+    return ErrorAnswer(400, "bad request", (("host", f"expected one Host header, got {count}"),))
+
+
+def head_too_large(message: str) -> ErrorAnswer:
+    return ErrorAnswer(431, "request header fields too large", (("headers", message),))
 
 
 def not_found(path: str) -> ErrorAnswer:
@@ -101,17 +119,8 @@ def method_not_allowed(path: str, method: str, allowed: list[str]) -> ErrorAnswe
 
 
 def body_timeout(seconds: float) -> ErrorAnswer:
-    return ErrorAnswer(
-        408,
-        "request body incomplete",
-        (
-            (
-                "body",
-                f"the body did not arrive within {seconds:g} s (is Content-Length larger than the body?)",
-            ),
-        ),
-        ((b"connection", b"close"),),
-    )
+    message = f"the body did not arrive within {seconds:g} s (is Content-Length larger than the body?)"
+    return ErrorAnswer(408, "request body incomplete", (("body", message),))
 
 
 def too_large(limit: int) -> ErrorAnswer:
@@ -119,83 +128,36 @@ def too_large(limit: int) -> ErrorAnswer:
 
 
 def unsupported_media_type(got: str) -> ErrorAnswer:
-    return ErrorAnswer(
-        415,
-        "unsupported media type",
-        (("content-type", f"expected {JSON_CONTENT_TYPE}, got {got or 'none'}"),),
-    )
+    message = f"expected {JSON_CONTENT_TYPE}, got {got or 'none'}"
+    return ErrorAnswer(415, "unsupported media type", (("content-type", message),))
 
 
-def model_unavailable(message: str) -> ErrorAnswer:
-    return ErrorAnswer(503, "model unavailable", (("model", message),))
+def unauthenticated(message: str) -> ErrorAnswer:
+    challenge = b'Bearer error="invalid_token"' if message != "no bearer token" else b"Bearer"
+    return ErrorAnswer(401, "unauthenticated", (("authorization", message),), ((b"www-authenticate", challenge),))
+
+
+def forbidden(identity: str, group: str) -> ErrorAnswer:
+    return ErrorAnswer(403, "forbidden", (("authorization", f"{identity} may not call the {group} endpoints"),))
+
+
+def unavailable(what: str, message: str) -> ErrorAnswer:
+    retry = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
+    return ErrorAnswer(503, f"{what} unavailable", ((what, message),), retry)
 
 
 def overloaded(limit: int) -> ErrorAnswer:
     message = (
-        f"this worker is at its limit of {limit} requests in progress (a batch counts one more per "
-        f"256 KiB); retry after {RETRY_AFTER_SECONDS} s"
+        f"this worker is at its limit of {limit} (a request counts one while computed plus one per "
+        f"{config.WEIGHT_BYTES // 1024} KiB of body received); retry after {config.RETRY_AFTER_SECONDS} s"
     )
-    return ErrorAnswer(
-        503, "overloaded", (("request", message),), ((b"retry-after", str(RETRY_AFTER_SECONDS).encode()),)
-    )
+    retry = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
+    return ErrorAnswer(503, "overloaded", (("request", message),), retry)
 
 
 def not_explainable(reason: str) -> ErrorAnswer:
     return ErrorAnswer(501, "explanations unavailable", (("model", reason),))
 
 
-def from_validation_errors(errors: list[dict[str, Any]]) -> ErrorAnswer:
-    """pydantic's errors (as BentoML reports them) as a 400 (not JSON) or a 422 (invalid values)."""
-    if invalid := next((error for error in errors if error.get("type") == "json_invalid"), None):
-        return malformed_json(invalid.get("msg", ""))
-    summary = next((error for error in errors if error.get("type") == TOO_MANY_PROBLEMS), None)
-    detail = tuple(
-        (
-            field_path(error.get("loc", ())),
-            "unknown field" if error.get("type") == "extra_forbidden" else str(error.get("msg", "")),
-        )
-        for error in errors
-        if error is not summary
-    )[:MAX_LISTED_PROBLEMS]
-    if summary is not None:
-        return ErrorAnswer(
-            422, f"invalid request: {summary.get('msg', '')}", (*detail, ("body", summary.get("msg", "")))
-        )
-    noun = "problem" if len(detail) == 1 else "problems"
-    return ErrorAnswer(422, f"invalid request: {len(detail)} {noun}", detail)
-
-
-def field_path(location: list[Any] | tuple[Any, ...]) -> str:
-    """pydantic's ('instances', 3, 'radius_mean') -> 'instances[3].radius_mean'."""
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "body"
-
-
-def rewrite_error(status: int, body: bytes, path: str) -> ErrorAnswer:
-    """Map an error answer produced below the guard (BentoML, Starlette, FastAPI) onto the contract."""
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        payload = body.decode("utf-8", "replace").strip()
-    if isinstance(payload, dict) and isinstance(payload.get("detail"), list):
-        items = payload["detail"]
-        if items and all(isinstance(item, dict) and "loc" in item for item in items):
-            return from_validation_errors(items)
-        if all(isinstance(item, dict) and {"field", "message"} <= item.keys() for item in items):
-            detail = tuple(
-                (str(item["field"]), str(item["message"])) for item in items[: MAX_LISTED_PROBLEMS + 1]
-            )
-            return ErrorAnswer(status, str(payload.get("error", HTTPStatus(status).phrase.lower())), detail)
-    if status == 404:
-        return not_found(path)
-    if status == 504:
-        return ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))
-    if status >= 500:
-        # Never leak internals; the server log has the traceback.
-        return ErrorAnswer(status, HTTPStatus(status).phrase.lower())
-    message = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(payload, list) and payload and isinstance(payload[0], dict):
-        message = payload[0].get("error")  # BentoML wraps some 4xx errors in a list
-    return ErrorAnswer(status, HTTPStatus(status).phrase.lower(), (("request", str(message or payload)),))
+INTERNAL_ERROR = ErrorAnswer(500, "internal server error")
+TIMED_OUT = ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))

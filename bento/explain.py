@@ -6,7 +6,8 @@ needed:
     logit = baseline + sum over features of coefficient_i * standardized value_i
 
 where the baseline is the logit of an average training case (every standardized value 0) and each
-term is that feature's contribution. Features are grouped by measurement (radius, texture, ...:
+term is that feature's contribution. The answer also says where the row stands against the model's validity domain and which features
+put it outside. Features are grouped by measurement (radius, texture, ...:
 mean, standard error and worst of each), sorted by the size of their contribution, with the value's
 percentile among the training rows. Radius, perimeter and area are almost collinear (r ≈ 0.99):
 the model splits their joint effect between them in ways that look odd one by one, so read their
@@ -20,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from bento.scoring import LinearScorer
 from wdbc import FEATURE_NAMES, MEASUREMENTS, STATISTICS, feature_name
+from wdbc.domain import ValidityDomain
 
 COLLINEAR_NOTE = (
     "radius, perimeter and area are almost collinear (r ≈ 0.99): read their contributions as a group, "
@@ -53,14 +55,24 @@ class Baseline(BaseModel):
     probability_malignant: float
 
 
+class Domain(BaseModel):
+    inside: bool = Field(description="false: the diagnosis is indeterminate")
+    score: float = Field(description="how unlike the training data the row is (the model's validity domain)")
+    threshold: float = Field(description="rows scoring above it are outside the domain")
+    unusual_features: list[str] = Field(description="the features that contribute most to the score")
+
+
 class Explanation(BaseModel):
-    diagnosis: str
-    probability_malignant: float
+    diagnosis: str = Field(description="malignant, benign or indeterminate, as POST /predict answers")
+    probability_malignant: float | None
     threshold: float
     model_tag: str
+    warnings: list[str]
+    reason: str | None
     logit: float = Field(description="baseline.logit plus every contribution")
     baseline: Baseline = Field(description="an average training case: every standardized value 0")
     measurements: list[MeasurementContribution] = Field(description="largest total contribution first")
+    domain: Domain = Field(description="where the row stands against the model's validity domain")
     note: str = COLLINEAR_NOTE
 
 
@@ -73,8 +85,8 @@ class Explainer:
         self.scorer = scorer
         self.sorted_reference = np.sort(reference_features, axis=0)  # per column, for percentiles
 
-    def explain(self, row: np.ndarray) -> tuple[float, float, list[MeasurementContribution]]:
-        """(logit, baseline logit, measurements) of one row of 30 values."""
+    def explain(self, row: np.ndarray, domain: ValidityDomain) -> dict:
+        """The explanation's fields (all but the diagnosis') for one row of 30 values."""
         contributions = self.scorer.contributions(row)
         standardized = (row - self.scorer.means) / self.scorer.scales
         count = len(self.sorted_reference)
@@ -110,10 +122,22 @@ class Explainer:
             )
         measurements.sort(key=lambda item: -abs(item.contribution))
         baseline = self.scorer.baseline_logit
-        return baseline + float(contributions.sum()), baseline, measurements
+        score = float(domain.scores(row[np.newaxis])[0])
+        return {
+            "logit": baseline + float(contributions.sum()),
+            "baseline": {"logit": baseline, "probability_malignant": float(_expit(baseline))},
+            "measurements": [measurement.model_dump() for measurement in measurements],
+            "domain": {
+                "inside": score <= domain.threshold,
+                "score": score,
+                "threshold": domain.threshold,
+                "unusual_features": domain.unusual_features(row),
+            },
+            "note": COLLINEAR_NOTE,
+        }
 
-    @staticmethod
-    def baseline(logit: float) -> Baseline:
-        from scipy.special import expit
 
-        return Baseline(logit=logit, probability_malignant=float(expit(logit)))
+def _expit(logit: float) -> float:
+    from scipy.special import expit
+
+    return expit(logit)

@@ -1,11 +1,12 @@
 """Loguru logging for the service: one JSON object per line on stdout, which Kubernetes collects.
 
 Settings (LOG_LEVEL, LOG_FILE, PREDICTION_SUMMARY_SECONDS) are described in k8s/runtime-contract.yaml.
-Every line about a request carries its `request_id` (bento/guard.py). Predictions are logged one line
-each at DEBUG and summarised at INFO every PREDICTION_SUMMARY_SECONDS per worker, so `kubectl logs`
-stays readable at thousands of requests a second. BentoML, uvicorn and circus log through the
-standard library; their records are routed into loguru so that every line on stdout is JSON, with
-messages cut to MAX_MESSAGE characters (they can quote what a client sent).
+Every line about a request carries its `request_id` and, for an authenticated caller, its `caller`
+(both set by bento/edge.py). Predictions are logged one line each at DEBUG and summarised at INFO
+every PREDICTION_SUMMARY_SECONDS per worker; rejected requests are logged at most REJECTIONS_PER_SECOND
+a second per worker, the rest counted. BentoML, uvicorn and circus log through the standard library;
+their records are routed into loguru, so every line on stdout is JSON, with messages cut to
+MAX_MESSAGE characters (they can quote what a client sent).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from loguru import logger
@@ -22,43 +25,43 @@ from pydantic import ValidationError
 
 from bento import config
 from bento.errors import cut
-from bento.guard import REQUEST_ID
 
 MAX_MESSAGE = 2000
+REJECTIONS_PER_SECOND = 20
 # A summary's latency percentiles come from at most this many samples per interval.
 _MAX_SAMPLES = 10_000
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
+# uvicorn warns at every `Upgrade: h2c` offer it declines, which some clients make on every request.
+_QUIET = frozenset({"Unsupported upgrade request."})
 
 
 def _json_line(record: dict[str, Any]) -> str:
+    extra = record["extra"]
     entry = {
         "time": record["time"].isoformat(),
         "level": record["level"].name,
-        "logger": record["extra"].get("logger", record["name"]),
+        "logger": extra.get("logger", record["name"]),
         "message": record["message"],
         "pid": record["process"].id,
-        **{
-            key: value
-            for key, value in record["extra"].items()
-            if key != "logger" and not key.startswith("_") and not (key == "request_id" and value is None)
-        },
+        **{key: value for key, value in extra.items() if key != "logger" and not key.startswith("_") and value is not None},
     }
     if record["exception"] is not None:
-        entry["exception"] = "".join(_format_exception(record["exception"]))
+        import traceback
+
+        exception = record["exception"]
+        entry["exception"] = "".join(traceback.format_exception(exception.type, exception.value, exception.traceback))
     # Stored in extra so the format string below needs no escaping of braces.
-    record["extra"]["_json"] = json.dumps(entry, default=str)
+    extra["_json"] = json.dumps(entry, default=str)
     return "{extra[_json]}\n"
 
 
-def _format_exception(exception: Any) -> list[str]:
-    import traceback
-
-    return traceback.format_exception(exception.type, exception.value, exception.traceback)
-
-
-def _add_request_id(record: dict[str, Any]) -> None:
-    # A line bound with request_id=None (a summary) is about no single request: no id.
-    if "request_id" not in record["extra"] and (request_id := REQUEST_ID.get()) is not None:
-        record["extra"]["request_id"] = request_id
+def _add_request(record: dict[str, Any]) -> None:
+    # A line bound with request_id=None (a summary) is about no single request.
+    extra = record["extra"]
+    if "request_id" not in extra:
+        extra["request_id"] = REQUEST_ID.get()
+        extra.setdefault("caller", CALLER.get())
 
 
 class _InterceptHandler(logging.Handler):
@@ -66,28 +69,25 @@ class _InterceptHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and isinstance(record.exc_info[1], ValidationError):
-            # BentoML logs client validation errors with a traceback that quotes the input;
-            # bento/guard.py logs each rejection as a WARNING without the payload instead.
+            return  # BentoML logs a client's validation error with a traceback quoting the input
+        if record.msg in _QUIET:
             return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        message = cut(record.getMessage(), MAX_MESSAGE)
-        logger.bind(logger=record.name).opt(exception=record.exc_info).log(level, message)
+        logger.bind(logger=record.name).opt(exception=record.exc_info).log(level, cut(record.getMessage(), MAX_MESSAGE))
 
 
 def configure() -> None:
     """Idempotent: BentoML's worker calls its own logging setup before importing the service."""
     logger.remove()
-    logger.configure(patcher=_add_request_id)
+    logger.configure(patcher=_add_request)
     logger.add(sys.stdout, level=config.LOG_LEVEL, format=_json_line, backtrace=False, diagnose=False)
     if config.LOG_FILE:
         try:
             os.makedirs(os.path.dirname(config.LOG_FILE) or ".", exist_ok=True)
-            logger.add(
-                config.LOG_FILE, level=config.LOG_LEVEL, format=_json_line, rotation="10 MB", retention=5
-            )
+            logger.add(config.LOG_FILE, level=config.LOG_LEVEL, format=_json_line, rotation="10 MB", retention=5)
         except OSError as error:
             config.fatal(
                 f"LOG_FILE {config.LOG_FILE} cannot be written: {error.strerror or error}",
@@ -101,6 +101,30 @@ def configure() -> None:
         std_logger.propagate = False
 
 
+class Rejections:
+    """Log lines about rejected requests, at most `per_second` a second; the rest are counted, and
+    the next line logged says how many were left out."""
+
+    def __init__(self, on_suppressed: Callable[[], None], per_second: int = REJECTIONS_PER_SECOND) -> None:
+        self.per_second = per_second
+        self.on_suppressed = on_suppressed
+        self.second = 0
+        self.logged = self.suppressed = 0
+
+    def log(self, level: str, message: str, **fields: Any) -> None:
+        second = int(time.monotonic())
+        if second != self.second:
+            self.second, self.logged = second, 0
+        if self.logged >= self.per_second:
+            self.suppressed += 1
+            self.on_suppressed()
+            return
+        self.logged += 1
+        if self.suppressed:
+            fields["suppressed_before"], self.suppressed = self.suppressed, 0
+        logger.bind(**fields).log(level, message)
+
+
 class PredictionLog:
     """One DEBUG line per prediction (when enabled), and an INFO summary per interval in each worker."""
 
@@ -111,15 +135,17 @@ class PredictionLog:
 
     def _reset(self, now: float) -> None:
         self.since = now
-        self.requests = self.rows = self.malignant = 0
+        self.requests = self.rows = self.malignant = self.indeterminate = 0
         self.latencies: list[float] = []
 
-    def record(self, rows: int, malignant: int, latency_ms: float) -> None:
+    def record(self, rows: int, malignant: int, indeterminate: int, latency_ms: float) -> None:
         if self.each:
-            logger.bind(rows=rows, malignant=malignant, latency_ms=round(latency_ms, 3)).debug("predicted")
+            logger.bind(rows=rows, malignant=malignant, indeterminate=indeterminate,
+                        latency_ms=round(latency_ms, 3)).debug("predicted")  # fmt: skip
         self.requests += 1
         self.rows += rows
         self.malignant += malignant
+        self.indeterminate += indeterminate
         if len(self.latencies) < _MAX_SAMPLES:
             self.latencies.append(latency_ms)
         now = time.monotonic()
@@ -138,8 +164,7 @@ class PredictionLog:
             requests=self.requests,
             rows=self.rows,
             malignant=self.malignant,
+            indeterminate=self.indeterminate,
             latency_ms={"p50": percentile(0.5), "p99": percentile(0.99), "max": round(ordered[-1], 3)},
-        ).info(
-            "predictions served: {} requests, {} rows, {} malignant", self.requests, self.rows, self.malignant
-        )
+        ).info("predictions served: {} requests, {} rows, {} malignant", self.requests, self.rows, self.malignant)
         self._reset(now)

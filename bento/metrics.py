@@ -1,25 +1,46 @@
-"""The service's own Prometheus metrics, beside BentoML's `bentoml_service_request_*`.
+"""The service's Prometheus metrics, the pod's metrics port, and the cleanup after a dead worker.
 
-Created in the worker (the service's __init__), after BentoML has pointed prometheus_client at the
-pod's multiprocess directory. Every label takes values from a fixed set (feature names, diagnoses,
-test names), never from what a client sends, so the series count is bounded whatever arrives.
-The chart's alert rules and dashboard use these names (tests/monitoring checks each one exists).
+BentoML's own request metrics are off (bento/service.py): they label requests by the raw path, so
+every path a client invents became a series. The service counts requests itself, by route, and every
+label here takes values from a fixed set (routes, status codes, feature names, diagnoses, test names,
+the served model's tag, allowed callers), never from what a client sends.
+
+Workers are separate processes, so prometheus_client runs in multiprocess mode in the directory
+BentoML prepares (PROMETHEUS_MULTIPROC_DIR); the pod's first worker serves the sum of all workers on
+METRICS_PORT. The chart's alert rules and dashboard use these names.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from loguru import logger
+
+from bento import config
+
+# cgroup v2 counts the kernel's out-of-memory kills of this container's processes here.
+MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 @dataclass
 class ServiceMetrics:
+    requests: Any
+    latency: Any
+    shed: Any
     model_ready: Any
     predictions: Any
     out_of_range: Any
-    shed: Any
-    unrouted: Any
+    refused: Any
+    outcomes: Any
+    outcome_delay: Any
+    auth_denied: Any
+    auth_allowed: Any
+    suppressed: Any
     drift_status: Any
     drift_p_value: Any
     drift_statistic: Any
@@ -29,35 +50,48 @@ class ServiceMetrics:
 
     @classmethod
     def create(cls) -> ServiceMetrics:
-        from prometheus_client import Counter, Gauge
+        from prometheus_client import Counter, Gauge, Histogram
 
         def drift_gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Any:
-            # The evaluating worker's last values win pod-wide.
+            # Only the pod's first worker evaluates drift: its values are the pod's.
             return Gauge(name, documentation, list(labels), multiprocess_mode="mostrecent")
 
         return cls(
+            requests=Counter("http_requests", "Requests answered, by route and status", ["endpoint", "code"]),
+            latency=Histogram(
+                "http_request_duration_seconds", "Time to answer, by route", ["endpoint"], buckets=LATENCY_BUCKETS
+            ),
+            shed=Counter("requests_shed", "Requests answered 503 because the worker was at MAX_CONCURRENCY"),
             # A pod is ready only if all its live workers are: livemin.
             model_ready=Gauge(
                 "model_ready",
                 "1 when this worker serves a model that passed its load-time checks",
                 multiprocess_mode="livemin",
             ),
-            predictions=Counter("predictions", "Rows diagnosed, by diagnosis", ["diagnosis"]),
+            predictions=Counter("predictions", "Rows answered, by diagnosis", ["diagnosis"]),
             out_of_range=Counter(
                 "out_of_range_features",
                 "Feature values outside the range seen in training (the model extrapolates)",
                 ["feature", "side"],
             ),
-            shed=Counter("requests_shed", "Requests answered 503 because the worker was at MAX_CONCURRENCY"),
-            unrouted=Counter(
-                "requests_unrouted", "Requests to unknown paths or with a method a path does not allow"
+            refused=Counter(
+                "refused_values", "Feature values refused: outside the model's validity domain", ["feature", "side"]
             ),
-            drift_status=drift_gauge(
-                "input_drift_status", "1 when the last drift evaluation found drift, else 0"
+            outcomes=Counter(
+                "confirmed_outcomes",
+                "Confirmed diagnoses received, by what the served model answers for the row",
+                ["model_tag", "predicted", "confirmed"],
             ),
-            drift_p_value=drift_gauge(
-                "input_drift_p_value", "p-value of each drift test (uncorrected)", ("test",)
+            outcome_delay=Histogram(
+                "confirmed_outcome_delay_seconds",
+                "Time from a prediction to its confirmed diagnosis, for outcomes that give predicted_at",
+                buckets=(3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400),
             ),
+            auth_denied=Counter("auth_denied", "Requests refused by authentication or authorization", ["reason"]),
+            auth_allowed=Counter("auth_allowed", "Authenticated requests of allowed callers", ["identity"]),
+            suppressed=Counter("log_lines_suppressed", "Rejection log lines left out by the rate limit"),
+            drift_status=drift_gauge("input_drift_status", "1 when the last drift evaluation found drift, else 0"),
+            drift_p_value=drift_gauge("input_drift_p_value", "p-value of each drift test (uncorrected)", ("test",)),
             drift_statistic=drift_gauge("input_drift_statistic", "statistic of each drift test", ("test",)),
             drift_window_rows=drift_gauge("input_drift_window_rows", "live rows in the pod's drift window"),
             drift_malignant_share=drift_gauge(
@@ -73,3 +107,48 @@ class ServiceMetrics:
 def service_metrics() -> ServiceMetrics:
     """This worker's metrics, created on first use (after BentoML has set up Prometheus' multiprocess mode)."""
     return ServiceMetrics.create()
+
+
+def serve_pod_metrics() -> None:
+    """Serve every worker's metrics, summed, on METRICS_PORT (a thread of this worker)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(config.METRICS_PORT, addr=config.METRICS_HOST, registry=registry)
+    logger.info("metrics on {}:{}/metrics", config.METRICS_HOST, config.METRICS_PORT)
+
+
+def forget_dead_workers() -> None:
+    """Remove the gauges of workers that ended without shutting down, and say so.
+
+    Their counters and histograms stay: they are part of the pod's totals, which must never go down.
+    """
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
+    pids = {int(path.stem.rpartition("_")[2]) for path in directory.glob("gauge_*_*.db")}
+    for pid in sorted(pids - {os.getpid()}):
+        if _alive(pid):
+            continue
+        for path in directory.glob(f"gauge_*_{pid}.db"):
+            path.unlink(missing_ok=True)
+        why = "the kernel killed a process of this pod for memory" if _oom_killed() else "killed or crashed"
+        logger.bind(previous_pid=pid).warning("a worker (pid {}) ended without shutting down: {}", pid, why)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _oom_killed() -> bool:
+    try:
+        fields = dict(line.split(" ", 1) for line in MEMORY_EVENTS.read_text().splitlines())
+        return int(fields.get("oom_kill", "0")) > 0
+    except (OSError, ValueError):
+        return False

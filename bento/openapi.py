@@ -1,12 +1,12 @@
 """The OpenAPI document the Swagger UI and client generators read, made to say what the service does.
 
-BentoML generates the document from the service's typed APIs and the mounted FastAPI routes, but
-documents every API with BentoML's own three error schemas (400, 404, 500), titles it with the
-service's name, versions it "None" outside a bento, and describes it with BentoML's boilerplate.
-`document()` keeps BentoML's paths and schemas and changes only that: this project's title,
-version, description, contact and licence; every status each operation can answer (bento/errors.py
-STATUSES), each with the contract's error schema and an example; examples in model order; the live
-model's /model answer as its example; and no unused internal schemas.
+BentoML generates the document from the service's typed APIs and the mounted FastAPI routes, with
+its own boilerplate: generic group and answer descriptions, a "." server, its three error schemas
+on every API, a title from the service's name. `document()` keeps BentoML's paths and schemas and
+replaces the rest: this project's title, version, description and licence; each group and answer
+described; every status an operation can answer (bento/errors.py), each with the error schema and an
+example; the served model's training ranges in the feature descriptions and its /model answer as an
+example; and, when callers must authenticate, the bearer scheme that the Swagger UI's Authorize uses.
 """
 
 from __future__ import annotations
@@ -17,50 +17,71 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from bento import errors
-from wdbc import MALIGNANT_EXAMPLE
+from pydantic import BaseModel
 
-DESCRIPTION = """\
+from bento import config, errors
+from wdbc import FEATURE_NAMES, MALIGNANT_EXAMPLE
+
+DESCRIPTION = f"""\
 Diagnoses a breast mass as **malignant** or **benign** from the 30 measurements of a fine-needle
 aspirate (the Wisconsin diagnostic data set), with a scikit-learn model trained behind a quality gate.
 
 **Decision support and education only, not a diagnosis**: see the model card (MODEL_CARD.md) for the
 intended use, the data, the metrics with their spread and the limitations.
 
-- `POST /predict`: one row; `POST /predict_batch`: up to 1000; `POST /explain`: one row with each
-  feature's exact contribution. Values outside the training range are accepted and listed in `warnings`.
-- `GET /model`: the served model, its metrics, lineage and what each feature means.
+- `POST /predict`: one row; `POST /predict_batch`: up to {config.MAX_BATCH_ROWS}; `POST /explain`: one
+  row with each feature's exact contribution. A value the model cannot speak to is refused (422); a row
+  unlike the training data is answered `"diagnosis": "indeterminate"`, never benign or malignant.
+- `POST /outcomes`: confirmed diagnoses, counted against the served model for the recall alert.
+- `GET /model`: the served model, its metrics, lineage, validity domain and what each feature means.
 - `GET /drift`: the pod's recent inputs tested against the training data.
-- Every error is `{"error", "detail": [{"field", "message"}]}` with the statuses documented per operation.
+- Every error is `{{"error", "detail": [{{"field", "message"}}]}}` with the statuses listed per operation.
 """
-ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
-LICENSE_NAME = "MIT"  # the project's LICENSE
+LICENSE = {"name": "MIT", "url": "https://opensource.org/license/mit"}
+GROUPS = [
+    {"name": "Service APIs", "description": "Diagnoses, confirmed outcomes, the served model and its drift."},
+    {"name": "Infrastructure", "description": "Probes for Kubernetes: alive, ready."},
+]
+ANSWERS = {
+    "/predict": "the diagnosis",
+    "/predict_batch": "one diagnosis per instance, in order",
+    "/explain": "the diagnosis, each feature's contribution and the row's place in the validity domain",
+    "/outcomes": "the outcomes counted, by the model's answer and the confirmed diagnosis",
+    "/model": "the served model",
+    "/drift": "the latest drift evaluation of the pod's inputs",
+    "/livez": "the worker is running (its model loaded or not)",
+    "/healthz": "the same as /livez",
+    "/readyz": "a verified model is served and the pod is not draining",
+}
 API_STATUSES = (400, 408, 413, 415, 422, 500, 503, 504)
-INFO_STATUSES = (500, 503)
+AUTH_STATUSES = (401, 403)
 _INTERNAL_SCHEMAS = ("TaskStatusResponse", "InvalidArgument", "NotFound", "InternalServerError")
+ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
 
 EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
-    400: [errors.malformed_json("Expecting ',' delimiter: line 1 column 42 (char 41)"), errors.EMPTY_BODY],
-    408: [errors.body_timeout(5)],
-    413: [errors.too_large(65536)],
+    400: [errors.malformed_json("unexpected character: line 1 column 42 (char 41)"), errors.EMPTY_BODY],
+    401: [errors.unauthenticated("the token has expired")],
+    403: [errors.forbidden("other-namespace/some-app", "diagnosis")],
+    408: [errors.body_timeout(config.BODY_TIMEOUT_SECONDS)],
+    413: [errors.too_large(config.SINGLE_ROW_BYTES)],
     415: [errors.unsupported_media_type("text/plain")],
     422: [
-        errors.ErrorAnswer(
-            422,
-            "invalid request: 2 problems",
-            (
-                ("radius_mean", "Input should be greater than or equal to 0"),
+        errors.problems(
+            [
+                ("radius_mean", "expected a number from 0 to 1e+06, got -1"),
                 ("age", "unknown field"),
-            ),
+                ("area_worst", "duplicate key"),
+            ],
+            3,
         )
     ],
-    500: [errors.ErrorAnswer(500, "internal server error")],
+    500: [errors.INTERNAL_ERROR],
     501: [errors.not_explainable("the served model is not StandardScaler + LogisticRegression")],
     503: [
-        errors.model_unavailable("model breast_cancer:latest is not loaded; see the service's startup log"),
-        errors.overloaded(64),
+        errors.unavailable("model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"),
+        errors.overloaded(config.MAX_CONCURRENCY),
     ],
-    504: [errors.ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))],
+    504: [errors.TIMED_OUT],
 }
 
 
@@ -73,69 +94,115 @@ def service_version() -> str:
 
 
 def _error_response(status: int) -> dict[str, Any]:
-    examples = {
-        f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])
-    }
+    examples = {f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])}
     return {
         "description": errors.STATUSES[status],
         "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}, "examples": examples}},
     }
 
 
-def _rename_io_descriptors(spec: dict[str, Any]) -> None:
+def _rename_io_descriptors(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's `<Model>IODescriptor` copies of our models, named and referenced as the models."""
     schemas = spec["components"]["schemas"]
-    renamed = {}
     for name in [name for name in schemas if name.endswith("IODescriptor")]:
-        plain = name.removesuffix("IODescriptor")
-        if plain not in schemas:
-            schemas[plain] = {**schemas[name], "title": plain}
+        schemas.setdefault(name.removesuffix("IODescriptor"), {**schemas[name], "title": name.removesuffix("IODescriptor")})
         del schemas[name]
-        renamed[f"#/components/schemas/{name}"] = f"#/components/schemas/{plain}"
-        renamed[name] = plain
-    text = json.dumps(spec)
-    for old, new in renamed.items():
-        text = text.replace(f'"{old}"', f'"{new}"')
-    spec.clear()
-    spec.update(json.loads(text))
+    return json.loads(json.dumps(spec).replace("IODescriptor", ""))
 
 
-def document(bentoml_spec: dict[str, Any], version: str, model_info: dict[str, Any] | None) -> dict[str, Any]:
+def _mark_nullable(node: Any, models: tuple[type[BaseModel], ...]) -> None:
+    """OpenAPI 3.0 says `nullable: true` where JSON Schema says `null`; BentoML's conversion drops it
+    where it inlines a model's schema."""
+    nullable = {
+        model.__name__: {
+            name for name, field in model.model_json_schema()["properties"].items()
+            if {"type": "null"} in field.get("anyOf", [])
+        }
+        for model in models
+    }  # fmt: skip
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for name in nullable.get(item.get("title"), ()) if "properties" in item else ():
+                item["properties"].get(name, {})["nullable"] = True
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def document(
+    bentoml_spec: dict[str, Any],
+    routes: dict[str, Any],
+    model_info: dict[str, Any] | None,
+    nullable: tuple[type[BaseModel], ...] = (),
+) -> dict[str, Any]:
     spec = copy.deepcopy(bentoml_spec)
+    spec.pop("servers", None)  # BentoML's "." server: the document's own origin is what clients use
     spec["info"] = {
         "title": "Breast-cancer diagnosis (WDBC)",
-        "version": version,
+        "version": service_version(),
         "description": DESCRIPTION,
         "contact": {"name": "breast-cancer-classifier maintainers"},
-        "license": {"name": LICENSE_NAME},
+        "license": LICENSE,
     }
+    spec["tags"] = GROUPS
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     for name in _INTERNAL_SCHEMAS:
         schemas.pop(name, None)
     error_schema = errors.ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(error_schema.pop("$defs"), ErrorResponse=error_schema)
-    for path, item in spec["paths"].items():
-        for method, operation in item.items():
-            # BentoML's keys are ints; its generic 400, 404 and 500 are replaced below.
-            responses = {str(status): answer for status, answer in operation.get("responses", {}).items()}
-            operation["responses"] = responses
-            for status in ("400", "404", "500"):
-                responses.pop(status, None)
-            if method == "post":
-                statuses = (*API_STATUSES, 501) if path == "/explain" else API_STATUSES
-                operation["requestBody"]["content"]["application/json"]["example"] = (
-                    {"instances": [MALIGNANT_EXAMPLE]} if path == "/predict_batch" else MALIGNANT_EXAMPLE
-                )
-            elif path == "/readyz":
-                statuses = (503,)
-            elif operation.get("tags") == ["Infrastructure"]:
-                statuses = ()
-            else:
-                statuses = INFO_STATUSES
-            for status in statuses:
-                responses[str(status)] = _error_response(status)
+    if config.AUTH_ENABLED:
+        spec["components"]["securitySchemes"] = {
+            "bearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "bearerFormat": "JWT",
+                "description": "A Kubernetes ServiceAccount token for this service's audience: "
+                f"`kubectl create token <serviceaccount> --audience {config.AUTH_AUDIENCE}`",
+            }
+        }
+    for path in list(spec["paths"]):
+        if path not in routes:  # BentoML's own /metrics: not served on this port
+            del spec["paths"][path]
+            continue
+        for method, operation in spec["paths"][path].items():
+            _describe(path, method, operation, routes[path])
     if model_info is not None:
-        ok = spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]
-        ok["example"] = model_info
-    _rename_io_descriptors(spec)
+        spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"] = model_info
+        _add_training_ranges(schemas, model_info)
+    spec = _rename_io_descriptors(spec)
+    _mark_nullable(spec, nullable)
     return spec
+
+
+def _describe(path: str, method: str, operation: dict[str, Any], route: Any) -> None:
+    responses = {str(status): answer for status, answer in operation.get("responses", {}).items()}
+    operation["responses"] = {"200": {**responses.get("200", {}), "description": ANSWERS.get(path, "the answer")}}
+    if method == "post":
+        statuses: tuple[int, ...] = (*API_STATUSES, 501) if path == "/explain" else API_STATUSES
+        example = {"instances": [MALIGNANT_EXAMPLE]} if path == "/predict_batch" else MALIGNANT_EXAMPLE
+        if path == "/outcomes":
+            example = {"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "malignant"}]}
+        operation["requestBody"]["content"]["application/json"]["example"] = example
+    elif path == "/readyz":
+        statuses = (503,)
+    elif route.group is None:
+        statuses = ()
+    else:
+        statuses = (500, 503)
+    if route.group is not None and config.AUTH_ENABLED:
+        statuses = (*statuses, *AUTH_STATUSES)
+        operation["security"] = [{"bearer": []}]
+    for status in sorted(statuses):
+        operation["responses"][str(status)] = _error_response(status)
+
+
+def _add_training_ranges(schemas: dict[str, Any], model_info: dict[str, Any]) -> None:
+    stats = model_info.get("feature_stats", {})
+    for name in ("Features", "FeaturesIODescriptor"):
+        properties = schemas.get(name, {}).get("properties", {})
+        for feature in FEATURE_NAMES:
+            if feature in properties and feature in stats:
+                low, high, mean = (stats[feature][key] for key in ("min", "max", "mean"))
+                properties[feature]["description"] += f". Training range {low:g} to {high:g} (mean {mean:g})."

@@ -23,7 +23,7 @@ from wdbc import FEATURE_NAMES, Reference
 # The stored pipeline must reproduce training's own probabilities for the reference rows; BLAS and
 # platform differences stay far below this.
 REFERENCE_TOLERANCE = 1e-9
-# The compiled scorer must match the pipeline it was compiled from (the bar, 1e-12).
+# The compiled scorer must match the pipeline it was compiled from to the last few bits.
 COMPILED_TOLERANCE = 1e-12
 
 

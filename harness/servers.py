@@ -44,6 +44,7 @@ class Server:
     process: subprocess.Popen[bytes]
     log_path: Path
     home: Path | None = None  # BENTOML_HOME of a `bentoml serve`
+    metrics_url: str | None = None  # its Prometheus endpoint (METRICS_PORT), for `bentoml serve`
     started_at: float = field(default_factory=time.monotonic)
 
     def log(self) -> str:
@@ -100,14 +101,18 @@ def start(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, s
 
 def start_service(bentoml_home: Path, log_path: Path, **env: str) -> Server:
     """`bentoml serve` of this service on a free port, with its own model store."""
-    port = free_port()
-    server = start(
-        bentoml_serve_command(port),
-        port,
-        log_path,
-        {"BENTOML_HOME": str(bentoml_home), "SERVICE_WORKERS": "1", "BENTOML_DO_NOT_TRACK": "true", **env},
-    )
+    port, metrics_port = free_port(), free_port()
+    settings = {
+        "BENTOML_HOME": str(bentoml_home),
+        "SERVICE_WORKERS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "METRICS_HOST": "127.0.0.1",
+        "METRICS_PORT": str(metrics_port),
+        **env,
+    }
+    server = start(bentoml_serve_command(port), port, log_path, settings)
     server.home = bentoml_home
+    server.metrics_url = f"http://127.0.0.1:{settings['METRICS_PORT']}/metrics"
     return server
 
 

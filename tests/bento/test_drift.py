@@ -1,4 +1,4 @@
-"""Input drift: the statistics measured honestly on the real rows, the shared window, and the service.
+"""Input drift: the statistics measured honestly on the real rows, the pod's window, and the service.
 
 The acceptance figures use disjoint samples of the 569 real rows, drawn without replacement: in each
 trial a model is trained on a reference of the training split's size (455 rows) and a 100-row window
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from sklearn.datasets import load_breast_cancer
 from sklearn.model_selection import train_test_split
 from threadpoolctl import threadpool_limits
 
-from bento.drift import LOGIT, MALIGNANT_SHARE, SharedWindow, evaluate, holm
+from bento.drift import LOGIT, MALIGNANT_SHARE, WorkerRows, evaluate, holm, pod_window
 from harness.servers import Server
 from tests.conftest import own_server
 from training.train import DEFAULT_SEED, TEST_SIZE, make_pipeline
@@ -133,17 +134,19 @@ def test_holm_rejects_what_the_step_down_rule_says() -> None:
         assert rejected == [order.index(i) < stop for i in range(8)]
 
 
-def _append(path: str, capacity: int, worker: int, rounds: int) -> None:
-    window = SharedWindow(Path(path), capacity)
+def _record(directory: str, capacity: int, worker: int, rounds: int) -> None:
+    rows = WorkerRows(Path(directory) / f"worker-{worker}.npy", capacity, pod_started=0)
     for round_ in range(rounds):
-        rows = np.full((3, len(FEATURE_NAMES)), worker * 1000 + round_, dtype=float)
-        window.append(rows, np.full(3, float(worker)), np.zeros(3))
+        values = np.full((3, len(FEATURE_NAMES)), worker * 1000 + round_, dtype=float)
+        rows.record(values, np.full(3, float(worker)), np.zeros(3))
+        if round_ % 7 == 0:
+            rows.flush()
+    rows.flush()
 
 
-def test_the_window_is_shared_by_processes(tmp_path: Path) -> None:
-    path = tmp_path / "window"
+def test_the_window_is_the_newest_rows_of_every_worker(tmp_path: Path) -> None:
     processes = [
-        multiprocessing.get_context("spawn").Process(target=_append, args=(str(path), 50, worker, 200))
+        multiprocessing.get_context("spawn").Process(target=_record, args=(str(tmp_path), 50, worker, 200))
         for worker in range(3)
     ]
     for process in processes:
@@ -151,18 +154,22 @@ def test_the_window_is_shared_by_processes(tmp_path: Path) -> None:
     for process in processes:
         process.join(60)
         assert process.exitcode == 0
-    rows, seen = SharedWindow(path, 50).snapshot()
-    assert seen == 3 * 200 * 3 and rows.shape == (50, len(FEATURE_NAMES) + 2)
-    # Appends never interleave: each feature row is one append's value across all columns.
+    rows, seen = pod_window(tmp_path, 50, pod_started=0)
+    assert seen == 3 * 200 * 3 and rows.shape == (50, len(FEATURE_NAMES) + 3)
+    assert (np.diff(rows[:, -1]) >= 0).all(), "oldest first"
+    # Each row is one record's: the same value in every feature column, its worker in the logit column.
     assert all(len(set(row[: len(FEATURE_NAMES)])) == 1 for row in rows)
     assert {int(row[len(FEATURE_NAMES)]) for row in rows} <= {0, 1, 2}
 
 
-def test_a_window_of_another_size_starts_empty(tmp_path: Path) -> None:
-    window = SharedWindow(tmp_path / "w", 10)
-    window.append(np.ones((4, len(FEATURE_NAMES))), np.ones(4), np.ones(4))
-    assert SharedWindow(tmp_path / "w", 10).snapshot()[1] == 4
-    assert SharedWindow(tmp_path / "w", 20).snapshot()[1] == 0
+def test_a_replaced_worker_keeps_its_predecessors_rows_and_an_earlier_run_is_ignored(tmp_path: Path) -> None:
+    first = WorkerRows(tmp_path / "worker-1.npy", 10, pod_started=0)
+    first.record(np.ones((4, len(FEATURE_NAMES))), np.ones(4), np.ones(4))
+    first.flush()
+    assert WorkerRows(tmp_path / "worker-1.npy", 10, pod_started=0).seen == 4
+    later = os.stat(tmp_path / "worker-1.npy").st_mtime + 1
+    assert WorkerRows(tmp_path / "worker-1.npy", 10, pod_started=later).seen == 0
+    assert pod_window(tmp_path, 10, pod_started=later)[1] == 0
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +224,7 @@ def test_the_service_reports_ok_then_drift_and_says_so(drift_server: Server) -> 
     assert (
         shifted["features"]["radius_mean"]["drift"] and shifted["features"]["radius_mean"]["p_value"] < 1e-4
     )
-    metrics = httpx.get(f"{drift_server.url}/metrics").text
+    metrics = httpx.get(drift_server.metrics_url).text
     assert "input_drift_status 1.0" in metrics and 'input_drift_p_value{test="radius_mean"}' in metrics
     assert "input_drift_window_rows 100.0" in metrics
     lines = [json.loads(line) for line in drift_server.log().splitlines() if line.startswith("{")]

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bento.schemas import MAX_BATCH_ROWS
-from harness.servers import start_service
+from bento.config import MAX_BATCH_ROWS
+from harness.servers import Server, start_service
 from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
 
 JSON = {"content-type": "application/json"}
@@ -74,15 +74,16 @@ CASES = [
     ("null-value", "POST", "/predict", with_value("area_mean", "null"), JSON, 422, "area_mean"),
     ("array-value", "POST", "/predict", with_value("symmetry_se", "[1.0]"), JSON, 422, "symmetry_se"),
     ("object-value", "POST", "/predict", with_value("symmetry_se", '{"v": 1}'), JSON, 422, "symmetry_se"),
-    ("nan-token", "POST", "/predict", with_value("concavity_mean", "NaN"), JSON, 422, "concavity_mean"),
+    # NaN, Infinity and numbers beyond a double are not JSON (RFC 8259).
+    ("nan-token", "POST", "/predict", with_value("concavity_mean", "NaN"), JSON, 400, "body"),
     (
         "infinity-token",
         "POST",
         "/predict",
         with_value("concavity_mean", "Infinity"),
         JSON,
-        422,
-        "concavity_mean",
+        400,
+        "body",
     ),
     (
         "minus-infinity-token",
@@ -90,8 +91,8 @@ CASES = [
         "/predict",
         with_value("concavity_mean", "-Infinity"),
         JSON,
-        422,
-        "concavity_mean",
+        400,
+        "body",
     ),
     ("nan-string", "POST", "/predict", with_value("radius_se", '"NaN"'), JSON, 422, "radius_se"),
     ("infinity-string", "POST", "/predict", with_value("radius_se", '"Infinity"'), JSON, 422, "radius_se"),
@@ -104,15 +105,15 @@ CASES = [
         422,
         "radius_se",
     ),
-    ("float-overflow", "POST", "/predict", with_value("area_worst", "1e400"), JSON, 422, "area_worst"),
+    ("float-overflow", "POST", "/predict", with_value("area_worst", "1e400"), JSON, 400, "body"),
     (
         "integer-overflow",
         "POST",
         "/predict",
         with_value("area_worst", "1" + "0" * 400),
         JSON,
-        422,
-        "area_worst",
+        400,
+        "body",
     ),
     ("negative-value", "POST", "/predict", with_value("perimeter_mean", "-0.5"), JSON, 422, "perimeter_mean"),
     (
@@ -157,6 +158,20 @@ CASES = [
         "rows",
     ),
     ("batch-malformed", "POST", "/predict_batch", '{"instances": [', JSON, 400, "body"),
+    ("batch-boolean", "POST", "/predict_batch", batch_of(with_value("area_mean", "false")), JSON, 422,
+     "instances[0].area_mean"),  # fmt: skip
+    ("batch-row-not-object", "POST", "/predict_batch", batch_of("[1, 2]"), JSON, 422, "instances[0]"),
+    ("batch-deeply-nested", "POST", "/predict_batch", '{"instances": [' + "[" * 900 + "]" * 900 + "]}", JSON, 422,
+     "instances[0]"),  # fmt: skip
+    ("outcomes-bad-label", "POST", "/outcomes",
+     json.dumps({"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "cancer"}]}), JSON, 422,
+     "outcomes[0].diagnosis"),  # fmt: skip
+    ("outcomes-bad-time", "POST", "/outcomes",
+     json.dumps({"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "benign", "predicted_at": "yesterday"}]}),
+     JSON, 422, "outcomes[0].predicted_at"),  # fmt: skip
+    ("outcomes-bad-feature", "POST", "/outcomes",
+     json.dumps({"outcomes": [{"features": {**MALIGNANT_EXAMPLE, "radius_mean": "x"}, "diagnosis": "benign"}]}),
+     JSON, 422, "outcomes[0].features.radius_mean"),  # fmt: skip
     ("unknown-path", "GET", "/no/such/endpoint", None, {}, 404, "path"),
     ("unknown-path-post", "POST", "/predict_many", EXAMPLE_TEXT, JSON, 404, "path"),
     ("get-on-predict", "GET", "/predict", None, {}, 405, "method"),
@@ -217,15 +232,19 @@ def test_chunked_body_over_the_limit_is_413(client: httpx.Client) -> None:
     assert_error_shape(response)
 
 
-def test_out_of_range_values_are_accepted_flagged_and_counted(client: httpx.Client) -> None:
-    response = client.post("/predict", json={**BENIGN_EXAMPLE, "area_worst": 9000.0, "radius_mean": 0.0})
+def test_values_just_outside_the_training_range_are_answered_flagged_and_counted(
+    client: httpx.Client, server: Server
+) -> None:
+    stats = client.get("/model").json()["feature_stats"]
+    row = {**BENIGN_EXAMPLE, "area_worst": stats["area_worst"]["max"] * 1.02, "radius_mean": stats["radius_mean"]["min"] * 0.98}
+    response = client.post("/predict", json=row)
     assert response.status_code == 200
     warnings = response.json()["warnings"]
     assert any(w.startswith("area_worst is above the training range") for w in warnings), warnings
     assert any(w.startswith("radius_mean is below the training range") for w in warnings), warnings
     assert client.post("/predict", json=BENIGN_EXAMPLE).json()["warnings"] == []
-    metrics = client.get("/metrics").text
-    assert 'out_of_range_features_total{feature="area_worst",side="above"' in metrics
+    metrics = httpx.get(server.metrics_url).text
+    assert 'out_of_range_features_total{feature="area_worst",side="above"}' in metrics
 
 
 def test_rejections_are_logged_as_warnings_without_the_payload(client: httpx.Client, server) -> None:

@@ -31,12 +31,12 @@ FUZZED_OPERATIONS = [
     ("POST", "/predict"),
     ("POST", "/predict_batch"),
     ("POST", "/explain"),
+    ("POST", "/outcomes"),
     ("GET", "/model"),
     ("GET", "/drift"),
     ("GET", "/livez"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
-    ("GET", "/metrics"),
 ]
 # Operations without parameters or a body have no schema to violate: only POSTs get negative cases.
 FUZZ_RUNS = [

@@ -160,7 +160,7 @@ def test_a_wrong_artifact_leaves_the_service_unready(
         server.wait_until_answering()
         assert httpx.get(f"{server.url}/readyz").status_code == 503
         assert httpx.post(f"{server.url}/predict", json=MALIGNANT_EXAMPLE).status_code == 503
-        assert "model_ready 0.0" in httpx.get(f"{server.url}/metrics").text
+        assert "model_ready 0.0" in httpx.get(server.metrics_url).text
     finally:
         server.stop()
     errors = [json.loads(line) for line in server.log().splitlines() if '"level": "ERROR"' in line]

@@ -8,7 +8,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from bento.schemas import MAX_BATCH_ROWS
+from bento.config import MAX_BATCH_ROWS
 from harness.paths import runtime_contract
 from training.dataset import write_csv
 from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
@@ -65,16 +65,20 @@ def test_model_info(client: httpx.Client) -> None:
     assert 0 < info["threshold"] <= 0.5
 
 
-@pytest.mark.parametrize("probe", ["liveness", "readiness", "metrics"])
+@pytest.mark.parametrize("probe", ["liveness", "readiness"])
 def test_probe_paths_of_the_runtime_contract_are_served(client: httpx.Client, probe: str) -> None:
     """The chart points its probes at these paths (k8s/runtime-contract.yaml): they must answer."""
     assert client.get(runtime_contract()["probes"][probe]).status_code == 200
 
 
-def test_metrics_count_predictions(client: httpx.Client) -> None:
-    client.post("/predict", json=BENIGN_EXAMPLE)
-    metrics = client.get("/metrics").text
-    assert 'endpoint="/predict"' in metrics
+def test_metrics_are_on_their_own_port_and_count_requests_by_route(client: httpx.Client, server) -> None:
+    before = client.post("/predict", json=BENIGN_EXAMPLE)
+    assert before.status_code == 200
+    assert server.metrics_url.endswith(runtime_contract()["probes"]["metrics"])
+    metrics = httpx.get(server.metrics_url).text
+    assert 'http_requests_total{code="200",endpoint="/predict"}' in metrics
+    assert 'predictions_total{diagnosis="benign"}' in metrics
+    assert client.get("/metrics").status_code == 404  # not on the API port
 
 
 def test_missing_field_is_a_client_error_naming_the_field(client: httpx.Client) -> None:

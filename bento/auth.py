@@ -1,0 +1,203 @@
+"""Who may call: Kubernetes ServiceAccount tokens, verified in the worker, and an allow-list per route group.
+
+A caller presents `Authorization: Bearer <token>`, a ServiceAccount token bound to this service's
+audience (`kubectl create token SA --audience AUDIENCE`, or a projected token volume). The token's
+signature is checked with PyJWT against the cluster's token-signing keys, which each worker reads
+from the API server's own /openid/v1/jwks (every ServiceAccount may, through the default
+system:service-account-issuer-discovery binding) and refreshes every AUTH_JWKS_REFRESH_SECONDS: no
+call to the API server per request, so forged tokens cost a signature check and nothing else. A
+token signed by a key the worker does not know yet (a key rotation) makes it refresh early, at most
+once a minute. Verified tokens are remembered until they expire, so a client reusing its token pays
+for the signature once.
+
+Issuer, audience, expiry and not-before are checked, the algorithm against ALGORITHMS (asymmetric
+only: no `none`, no HMAC keyed with a public key). The identity is `namespace/name` from the subject
+`system:serviceaccount:NAMESPACE:NAME`; each route group admits the identities its allow-list names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from dataclasses import dataclass
+
+import httpx
+import jwt
+from loguru import logger
+
+from bento import config
+
+ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
+# Allowed clock difference between the API server and this pod.
+LEEWAY_SECONDS = 10
+EARLY_REFRESH_SECONDS = 60
+MAX_TOKEN_CHARACTERS = 8192
+MAX_REMEMBERED_TOKENS = 1024
+_SUBJECT = re.compile(r"system:serviceaccount:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?):([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)")
+
+
+@dataclass(frozen=True)
+class Identity:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Denied(Exception):
+    """A request refused: status 401, 403 or 503, a reason from a fixed set (a metric label), a message."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message = status, reason, message
+
+
+@dataclass(frozen=True)
+class _Keys:
+    issuer: str
+    by_id: dict[str, jwt.PyJWK]
+
+
+def allows(allowed: frozenset[str], identity: Identity) -> bool:
+    return str(identity) in allowed or f"{identity.namespace}/*" in allowed
+
+
+class Authenticator:
+    def __init__(self) -> None:
+        self._keys: _Keys | None = None
+        self._remembered: dict[str, tuple[Identity, float]] = {}
+        self._refresh = asyncio.Lock()
+        self._attempted_at = -EARLY_REFRESH_SECONDS
+
+    @property
+    def ready(self) -> bool:
+        return self._keys is not None
+
+    async def keep_keys_fresh(self) -> None:
+        """Fetch the keys now, then every AUTH_JWKS_REFRESH_SECONDS (every few seconds while none are loaded)."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(config.AUTH_JWKS_REFRESH_SECONDS if self.ready else 2)
+
+    async def refresh(self, early: bool = False) -> None:
+        """Fetch the keys; `early` (a token with an unknown key) only if no fetch started in the last minute."""
+        async with self._refresh:
+            if early and time.monotonic() - self._attempted_at < EARLY_REFRESH_SECONDS:
+                return
+            self._attempted_at = time.monotonic()
+            try:
+                keys = await asyncio.to_thread(_fetch_keys)
+            except Exception as error:  # noqa: BLE001 (unreachable, refused, malformed: keep the old keys)
+                logger.bind(jwks_url=config.AUTH_JWKS_URL).warning(
+                    "cannot load the token-signing keys ({}: {}); {}",
+                    type(error).__name__,
+                    str(error)[:300],
+                    "keeping the ones loaded before" if self.ready else "protected paths answer 503",
+                )
+                return
+            if self._keys is None or keys.by_id.keys() != self._keys.by_id.keys():
+                logger.bind(issuer=keys.issuer, key_ids=sorted(keys.by_id)).info("token-signing keys loaded")
+                self._remembered.clear()  # a key withdrawn must not keep its tokens valid
+            self._keys = keys
+
+    async def identify(self, authorization: list[bytes]) -> Identity:
+        """The caller named by the request's Authorization headers, or Denied."""
+        if self._keys is None:
+            raise Denied(503, "unavailable", "the token-signing keys are not loaded yet")
+        if not authorization:
+            raise Denied(401, "missing", "no bearer token")
+        scheme, _, token = authorization[0].decode("latin-1").partition(" ")
+        token = token.strip()
+        if len(authorization) > 1 or scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARACTERS:
+            raise Denied(401, "malformed", "expected one header `Authorization: Bearer <token>`")
+        if (known := self._remembered.get(token)) is not None and known[1] > time.time():
+            return known[0]
+        key = await self._key_for(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],
+                audience=config.AUTH_AUDIENCE,
+                issuer=self._keys.issuer,
+                leeway=LEEWAY_SECONDS,
+                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Denied(401, "expired", "the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Denied(401, "not_yet_valid", "the token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise Denied(401, "audience", f"the token is not for the audience {config.AUTH_AUDIENCE}") from None
+        except jwt.InvalidIssuerError:
+            raise Denied(401, "issuer", "the token is from another issuer") from None
+        except jwt.InvalidSignatureError:
+            raise Denied(401, "signature", "the token's signature does not verify") from None
+        except jwt.InvalidTokenError as error:
+            raise Denied(401, "malformed", f"invalid token: {str(error)[:200]}") from None
+        subject = _SUBJECT.fullmatch(str(claims["sub"]))
+        if subject is None:
+            raise Denied(403, "forbidden", "the token is not a Kubernetes ServiceAccount's")
+        identity = Identity(subject.group(1), subject.group(3))
+        if len(self._remembered) >= MAX_REMEMBERED_TOKENS:
+            del self._remembered[next(iter(self._remembered))]
+        self._remembered[token] = (identity, float(claims["exp"]))
+        return identity
+
+    async def _key_for(self, token: str) -> jwt.PyJWK:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError:
+            raise Denied(401, "malformed", "the bearer token is not a JWT") from None
+        if header.get("alg") not in ALGORITHMS:
+            raise Denied(401, "algorithm", f"algorithm not accepted; accepted: {', '.join(ALGORITHMS)}")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise Denied(401, "unknown_key", "the token names no signing key (kid)")
+        key = self._keys.by_id.get(kid)
+        if key is None:
+            await self.refresh(early=True)  # a rotated key, perhaps
+            key = self._keys.by_id.get(kid)
+        if key is None:
+            raise Denied(401, "unknown_key", "the token is signed by a key this cluster does not publish")
+        if key.algorithm_name != header["alg"]:
+            raise Denied(401, "algorithm", "the token's algorithm does not match its key")
+        return key
+
+
+def _fetch_keys() -> _Keys:
+    """The issuer and its signing keys, from the API server (blocking: run in a thread)."""
+    headers = {"Accept": "application/json"}
+    if config.AUTH_CREDENTIALS_FILE.is_file():
+        headers["Authorization"] = f"Bearer {config.AUTH_CREDENTIALS_FILE.read_text().strip()}"
+    verify: ssl.SSLContext | bool = True
+    if config.AUTH_CA_FILE.is_file():
+        verify = ssl.create_default_context(cafile=str(config.AUTH_CA_FILE))
+    with httpx.Client(headers=headers, verify=verify, timeout=5, follow_redirects=False) as client:
+        issuer = config.AUTH_ISSUER or _get(client, config.AUTH_DISCOVERY_URL)["issuer"]
+        keys = jwt.PyJWKSet.from_dict(_get(client, config.AUTH_JWKS_URL))
+    by_id = {key.key_id: key for key in keys if key.key_id and key.algorithm_name in ALGORITHMS}
+    if not by_id:
+        raise ValueError(f"no usable key: each needs a kid and one of {', '.join(ALGORITHMS)}")
+    if not isinstance(issuer, str) or not issuer:
+        raise ValueError("the discovery document names no issuer")
+    return _Keys(issuer, by_id)
+
+
+def _get(client: httpx.Client, url: str) -> dict:
+    response = client.get(url)
+    response.raise_for_status()
+    if len(response.content) > 1024 * 1024:
+        raise ValueError(f"{url} answered {len(response.content)} bytes")
+    document = response.json()
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not answer a JSON object")
+    return document
+
+
+# This worker's authenticator (bento/edge.py asks it; readiness waits for its keys), or None when
+# authentication is off.
+AUTHENTICATOR = Authenticator() if config.AUTH_ENABLED else None
