@@ -8,6 +8,10 @@ CONNECTIONS keep-alive connections busy with POST /predict (the row in EXAMPLE_F
 DURATION_SECONDS, and prints a progress line every PROGRESS_SECONDS and a last line
 "summary: {json}": requests, non-2xx answers, errors by kind, reconnections, models served.
 
+With TOKEN_FILE set (the Job's projected ServiceAccount token), every POST /predict carries
+`Authorization: Bearer <token>`, read from the file for each request: the kubelet replaces the token
+before it expires. /readyz needs no token.
+
 What counts as a failure, and exits 1: an answer that is not 2xx; a 2xx answer without the expected
 diagnosis (EXPECTED_DIAGNOSIS, default malignant); a connection reset or refused; the server closing
 a connection without answering (http.client.RemoteDisconnected, the race a keep-alive client loses
@@ -130,18 +134,34 @@ class Stats:
             }
 
 
-def keep_busy(url: str, body: bytes, expected: str, deadline: float, timeout: float, stats: Stats) -> None:
+def request_headers(token_file: str | None) -> dict[str, str]:
+    """The headers of one POST /predict; the token, if any, as the file holds it now."""
+    headers = {"Content-Type": "application/json"}
+    if token_file:
+        with open(token_file, encoding="ascii") as token:
+            headers["Authorization"] = f"Bearer {token.read().strip()}"
+    return headers
+
+
+def keep_busy(
+    url: str,
+    body: bytes,
+    expected: str,
+    deadline: float,
+    timeout: float,
+    stats: Stats,
+    token_file: str | None,
+) -> None:
     """One keep-alive connection, used request after request until the deadline."""
     parts = urlsplit(url)
     path = (parts.path.rstrip("/") or "") + "/predict"
-    headers = {"Content-Type": "application/json"}
     connection: http.client.HTTPConnection | None = None
     while time.monotonic() < deadline:
         if connection is None:
             connection = http.client.HTTPConnection(parts.hostname, parts.port or 80, timeout=timeout)
             stats.connected()
         try:
-            connection.request("POST", path, body=body, headers=headers)
+            connection.request("POST", path, body=body, headers=request_headers(token_file))
             response = connection.getresponse()
             answer = response.read()
         except (OSError, http.client.HTTPException) as error:
@@ -183,6 +203,7 @@ def main() -> int:
     connections = int(os.environ.get("CONNECTIONS", "8"))
     timeout = float(os.environ.get("TIMEOUT_SECONDS", "10"))
     progress = float(os.environ.get("PROGRESS_SECONDS", "10"))
+    token_file = os.environ.get("TOKEN_FILE") or None
 
     problem = wait_until_ready(url, float(os.environ.get("READY_TIMEOUT_SECONDS", "120")))
     if problem is not None:
@@ -196,7 +217,9 @@ def main() -> int:
     stats = Stats()
     deadline = time.monotonic() + duration
     threads = [
-        threading.Thread(target=keep_busy, args=(url, body, expected, deadline, timeout, stats), daemon=True)
+        threading.Thread(
+            target=keep_busy, args=(url, body, expected, deadline, timeout, stats, token_file), daemon=True
+        )
         for _ in range(connections)
     ]
     for thread in threads:

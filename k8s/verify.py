@@ -1,6 +1,7 @@
 """Verify a Helm release of the classifier on a live cluster, through the Kubernetes API.
 
     python -m k8s.verify --release R --namespace N [--timeout SECONDS] [--context C]
+                         [--service-account NAME]
 
 The e2e and deploy jobs of .github/workflows/ci.yml run it after `helm upgrade`. It waits for the
 Deployment's rollout, checks that the HPA and the PDB target it and that its pods are Ready, then
@@ -9,6 +10,12 @@ port-forwards to each pod through the API server, checks that the pod serves the
 benign row. When pods never become ready, the failure names why: the readiness probe's last failure
 (from the pod's events) and the service's last ERROR log line. On failure it prints events and pod
 logs and exits 1 with the reason.
+
+When the Deployment requires tokens (AUTH_ENABLED), it first checks that each pod refuses POST
+/predict without one (401), then calls as a ServiceAccount of the namespace, with a token bound to
+the Deployment's AUTH_AUDIENCE that it obtains through the TokenRequest API (what `kubectl create
+token` does; your credentials need `create` on `serviceaccounts/token`). The account is
+--service-account, else the chart's client account (the one `helm test` runs as).
 
 The checks are pure functions on the API's JSON form of each object, the shape `helm template`
 renders, so tests/k8s/test_verify.py runs them on the chart without a cluster. Only `Cluster` and
@@ -210,6 +217,36 @@ def http_port(deployment: Obj, name: str = "http") -> int:
     raise VerificationError(f"deployment {deployment_name} has no container port named {name!r}")
 
 
+def auth_audience(deployment: Obj) -> str | None:
+    """The audience callers' tokens must be bound to, or None when the service takes no token
+    (AUTH_ENABLED is not true); the service's own default audience when AUTH_AUDIENCE is unset."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {variable.get("name"): variable.get("value") for variable in container.get("env") or []}
+    if (env.get("AUTH_ENABLED") or "").lower() != "true":
+        return None
+    return env.get("AUTH_AUDIENCE") or "breast-cancer-classifier"
+
+
+def client_account(accounts: Iterable[Obj], selector: str) -> str:
+    """The name of the release's one client ServiceAccount (listed by `selector`)."""
+    names = [account["metadata"]["name"] for account in accounts]
+    if len(names) != 1:
+        raise VerificationError(
+            f"expected one ServiceAccount labelled {selector}, found {names or 'none'} (the chart renders "
+            "it with auth.enabled): pass --service-account"
+        )
+    return names[0]
+
+
+def access_problem(status: int, body: str, caller: str, audience: str, group: str) -> str | None:
+    """What a 401 or 403 answer to the verifier's own token means, else None."""
+    if status == 401:
+        return f"refused the token of {caller} for audience {audience} (HTTP 401): {body[:300]}"
+    if status == 403:
+        return f"{caller} may not call it (HTTP 403): allow it in auth.allow.{group}"
+    return None
+
+
 def answer_problem(expected: str, status: int, body: str) -> str | None:
     """None when /predict answered 200 with the expected diagnosis, else what was wrong."""
     if status != 200:
@@ -259,18 +296,25 @@ def model_problem(expected: str | None, status: int, body: str) -> tuple[str | N
 
 
 def request(
-    sock: Any, method: str, path: str, payload: Obj | None = None, timeout: float = 30
+    sock: Any,
+    method: str,
+    path: str,
+    payload: Obj | None = None,
+    timeout: float = 30,
+    token: str | None = None,
 ) -> tuple[int, str]:
-    """One HTTP request over an already-connected socket (a port-forward stream or a plain TCP socket)."""
+    """One HTTP request over an already-connected socket (a port-forward stream or a plain TCP
+    socket), with `Authorization: Bearer <token>` when a token is given."""
     sock.settimeout(timeout)
     connection = http.client.HTTPConnection("localhost")  # the host only names the Host header
     connection.sock = sock
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         if payload is None:
-            connection.request(method, path)
+            connection.request(method, path, headers=headers)
         else:
-            body, headers = json.dumps(payload), {"Content-Type": "application/json"}
-            connection.request(method, path, body=body, headers=headers)
+            headers["Content-Type"] = "application/json"
+            connection.request(method, path, body=json.dumps(payload), headers=headers)
         response = connection.getresponse()
         return response.status, response.read().decode(errors="replace")
     finally:
@@ -278,6 +322,11 @@ def request(
 
 
 # --- Live path (runs only in the workflow) --------------------------------------------------------
+
+# Lifetime asked of the verifier's tokens (the least the API server grants), and how long before
+# its end a token is replaced.
+TOKEN_SECONDS = 600
+TOKEN_MARGIN_SECONDS = 60
 
 
 class Cluster:
@@ -294,6 +343,7 @@ class Cluster:
         self.core = client.CoreV1Api(self.api)
         self.autoscaling = client.AutoscalingV2Api(self.api)
         self.policy = client.PolicyV1Api(self.api)
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
 
     def _items(self, list_call, label_selector: str) -> list[dict]:
         found = list_call(self.namespace, label_selector=label_selector)
@@ -326,14 +376,39 @@ class Cluster:
         pods = self._items(self.core.list_namespaced_pod, match_labels)
         return [pod for pod in pods if selector_matches(selector, pod["metadata"].get("labels") or {})]
 
+    def client_account(self) -> str:
+        """The chart's client ServiceAccount of the release (the one `helm test` runs as)."""
+        selector = f"{self.selector},app.kubernetes.io/component=client"
+        return client_account(self._items(self.core.list_namespaced_service_account, selector), selector)
+
+    def token(self, account: str, audience: str) -> str:
+        """A token of the namespace's ServiceAccount `account` bound to `audience`, from the
+        TokenRequest API; reused until a minute before it expires."""
+        token, expires = self._tokens.get((account, audience), ("", 0.0))
+        if time.monotonic() < expires - TOKEN_MARGIN_SECONDS:
+            return token
+        spec = client.V1TokenRequestSpec(audiences=[audience], expiration_seconds=TOKEN_SECONDS)
+        answer = self.core.create_namespaced_service_account_token(
+            account, self.namespace, client.AuthenticationV1TokenRequest(spec=spec)
+        )
+        lifetime = (answer.status.expiration_timestamp - datetime.now(UTC)).total_seconds()
+        self._tokens[(account, audience)] = (answer.status.token, time.monotonic() + lifetime)
+        return answer.status.token
+
     def request(
-        self, pod: str, port: int, method: str, path: str, payload: Obj | None = None
+        self,
+        pod: str,
+        port: int,
+        method: str,
+        path: str,
+        payload: Obj | None = None,
+        token: str | None = None,
     ) -> tuple[int, str]:
         """One HTTP request to the pod's port, through the API server's port-forward."""
         connect = self.core.connect_get_namespaced_pod_portforward
         forward = portforward(connect, pod, self.namespace, ports=str(port))
         try:
-            return request(forward.socket(port), method, path, payload)
+            return request(forward.socket(port), method, path, payload, token=token)
         except OSError as exc:
             detail = forward.error(port) or ""
             raise VerificationError(f"port-forward to {pod}:{port} failed: {exc} {detail}") from exc
@@ -388,7 +463,7 @@ def unready_pod_problems(cluster: Cluster, deployment: Obj, pods: list[dict] | N
     return pod_problems(pods, events, logs)
 
 
-def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
+def verify(cluster: Cluster, timeout: float, poll: float = 2, service_account: str | None = None) -> str:
     """Run every check against the live release; returns the Deployment's name or raises."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -428,14 +503,36 @@ def verify(cluster: Cluster, timeout: float, poll: float = 2) -> str:
 
     port = http_port(deployment)
     expected_tag = expected_model_tag(deployment)
+    audience = auth_audience(deployment)
+    account = caller = None
+    if audience:
+        account = service_account or cluster.client_account()
+        caller = f"{cluster.namespace}/{account}"
+        print(f"verify: calling as ServiceAccount {caller} with tokens for audience {audience}", flush=True)
+
+    def call(pod: str, method: str, path: str, group: str, payload: Obj | None = None) -> tuple[int, str]:
+        token = cluster.token(account, audience) if audience else None
+        status, body = cluster.request(pod, port, method, path, payload, token=token)
+        problem = access_problem(status, body, caller, audience, group) if audience else None
+        if problem:
+            raise VerificationError(f"pod {pod}: {method} {path}: {problem}")
+        return status, body
+
     for pod in (p["metadata"]["name"] for p in pods):
-        problem, served = model_problem(expected_tag, *cluster.request(pod, port, "GET", "/model"))
+        if audience:
+            status, body = cluster.request(pod, port, "POST", "/predict", EXAMPLES[0][1])
+            if status != 401:
+                raise VerificationError(
+                    f"pod {pod}: POST /predict without a token answered HTTP {status}, not 401: {body[:300]}"
+                )
+            print(f"verify: pod {pod} refuses a call without a token (401)", flush=True)
+        problem, served = model_problem(expected_tag, *call(pod, "GET", "/model", "modelData"))
         if problem:
             raise VerificationError(f"pod {pod}: {problem}")
         unchecked = "" if expected_tag else " (the Deployment sets no MODEL_TAG to compare it with)"
         print(f"verify: pod {pod} serves model {served}{unchecked}", flush=True)
         for expected, row in EXAMPLES:
-            problem = answer_problem(expected, *cluster.request(pod, port, "POST", "/predict", row))
+            problem = answer_problem(expected, *call(pod, "POST", "/predict", "diagnosis", row))
             if problem:
                 raise VerificationError(f"pod {pod}: {problem}")
         print(f"verify: pod {pod} diagnosed the known malignant and benign rows correctly", flush=True)
@@ -451,6 +548,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--selector", help="labels of the release's objects (default: its instance label)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for the rollout")
     parser.add_argument("--context", help="kubeconfig context (default: the current one, else in-cluster)")
+    parser.add_argument(
+        "--service-account",
+        help="ServiceAccount of the namespace to call as, when the service requires tokens "
+        "(default: the chart's client account, which `helm test` runs as)",
+    )
     return parser.parse_args(argv)
 
 
@@ -460,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster = None
     try:
         cluster = Cluster(args.namespace, selector, args.context)
-        name = verify(cluster, args.timeout)
+        name = verify(cluster, args.timeout, service_account=args.service_account)
     # Any failure, including API or connection errors, must end in diagnostics and a one-line reason.
     except Exception as exc:  # noqa: BLE001
         if cluster is not None:

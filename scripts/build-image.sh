@@ -4,7 +4,11 @@
 # <repository>:latest, then prints the image size. `make image` runs it once the model is trained.
 #
 # The image serves one exact model version, never `latest`: the bento is built from a copy of
-# bentofile.yaml naming only that model and setting the image's MODEL_TAG to it (training/image.py).
+# bentofile.yaml naming only that model and setting the image's MODEL_TAG to it, in a build context
+# of its own that holds only the files the bento needs (training/image.py says why).
+#
+#   bash scripts/build-image.sh               the bento and the image
+#   bash scripts/build-image.sh --bento-only  the bento alone; prints its tag last (no engine needed)
 #
 #   MODEL_TAG         the model to package (default: the registry's promoted model if the store has
 #                     it, else the store's breast_cancer:latest; either way resolved to its version)
@@ -18,8 +22,12 @@
 # ENGINE), for tests/container and the workflow; the same lines are printed last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/container-engine.sh
-source scripts/container-engine.sh
+bento_only=false
+case "${1:-}" in
+    "") ;;
+    --bento-only) bento_only=true ;;
+    *) echo "usage: bash scripts/build-image.sh [--bento-only]" >&2; exit 2 ;;
+esac
 
 export BENTOML_HOME
 BENTOML_HOME=$(realpath -m "${BENTOML_HOME:-.bentoml}") # absolute: containerize runs elsewhere
@@ -38,8 +46,9 @@ start=$(now)
 commit=$(git describe --always --dirty 2>/dev/null || echo unknown)
 version=$(python -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["version"])')
 model_tag=$(python -m training.image model-tag) # exits non-zero, saying why, when there is no model
-python -m training.image bentofile "$model_tag" "$scratch/bentofile.yaml"
-bento_tag=$(bentoml build . --bentofile "$scratch/bentofile.yaml" --output tag \
+python -m training.image context "$model_tag" "$scratch/context"
+# From inside the context, so the service imports only what the bento carries.
+bento_tag=$(cd "$scratch/context" && bentoml build . --output tag \
     --label "source_commit=$commit" --label "version=$version" --label "model_tag=$model_tag" \
     | sed -n 's/^__tag__://p')
 bento_info=$(python -c '
@@ -52,6 +61,13 @@ if [[ "$bento_models" != "$model_tag" ]]; then
     exit 1
 fi
 echo "bentoml build: $bento_tag with $model_tag in $(elapsed "$start")"
+if $bento_only; then
+    echo "$bento_tag"
+    exit 0
+fi
+
+# shellcheck source=scripts/container-engine.sh
+source scripts/container-engine.sh
 
 base_image=$(awk '/^FROM /{print $2; exit}' "$bento_path/env/docker/Dockerfile")
 pinned_base=$(awk '/^FROM /{print $2; exit}' docker/base-image.Dockerfile)

@@ -12,16 +12,21 @@
 #   1. image A: `make image` (model A, the store's or the promoted model), loaded into kind, also
 #      under the name k8s/client-job.yaml uses;
 #   2. the namespace, enforcing, auditing and warning Pod Security "restricted"; every command
-#      that writes to it fails on any admission warning;
+#      that writes to it fails on any admission warning. The callers: the ServiceAccount $CALLER
+#      in it, and one of the same name in the namespace $OUTSIDER;
 #   3. helm upgrade --install with image A and modelTag A, helm test, /predict through a
-#      port-forward, the in-cluster client Job, python -m k8s.verify (serves model A);
+#      port-forward with a token of $CALLER (`kubectl create token`), refused without a token (401)
+#      and with the outsider's (403), the in-cluster client Job, python -m k8s.verify (serves
+#      model A);
 #   4. model B (`make train SEED=$SEED_B`) and image B serving it (`MODEL_TAG=... make image`),
 #      loaded into kind;
-#   5. the load Job (k8s/load-job.yaml running k8s/load_test.py: 8 keep-alive connections) and,
+#   5. the load Job (k8s/load-job.yaml running k8s/load_test.py as $CALLER: 8 keep-alive
+#      connections, each request with the Job's projected token) and,
 #      while it runs, helm upgrade to image B and modelTag B; the load must end after the old pods
 #      are gone, with no error at all and answers from both models; k8s.verify (serves model B);
 #   6. helm rollback to the first revision; k8s.verify (serves model A again); helm history;
-#   7. helm uninstall; nothing labelled with the release's instance label may remain.
+#   7. helm uninstall; nothing labelled with the release's instance label may remain; the
+#      namespace $OUTSIDER is deleted.
 # On failure: pods, descriptions, events, logs of the release and the load Job, helm history.
 #
 # Image A's record stays make image's default, .bentoml/last-image.env, which the workflow reads to
@@ -40,6 +45,10 @@ NAMESPACE=breast-cancer-classifier
 CHART=charts/breast-cancer-classifier
 CLIENT_JOB=breast-cancer-classifier-client
 LOAD_JOB=breast-cancer-classifier-load
+# Callers: an account of the namespace (the load Job runs as it), and one of another namespace,
+# which the chart's default allow-lists leave out.
+CALLER=e2e-caller
+OUTSIDER=breast-cancer-classifier-outsider
 # Every object of the release carries the instance label; the service pods also carry the chart's
 # name (the Deployment's selector), which the smoke-test pods do not.
 INSTANCE="app.kubernetes.io/instance=$RELEASE"
@@ -182,11 +191,13 @@ client_image="$IMAGE_REPOSITORY:$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,
 docker tag "$IMAGE_A" "$client_image"
 kind load docker-image "$IMAGE_A" "$client_image" --name "$KIND_CLUSTER"
 
-step "2. create namespace $NAMESPACE enforcing Pod Security restricted"
-if kubectl get namespace "$NAMESPACE" >/dev/null 2>&1; then
-    echo "namespace $NAMESPACE is left from an earlier run: deleting it"
-    kubectl delete namespace "$NAMESPACE" --wait --timeout=5m
-fi
+step "2. create namespace $NAMESPACE enforcing Pod Security restricted, and the callers"
+for namespace in "$NAMESPACE" "$OUTSIDER"; do
+    if kubectl get namespace "$namespace" >/dev/null 2>&1; then
+        echo "namespace $namespace is left from an earlier run: deleting it"
+        kubectl delete namespace "$namespace" --wait --timeout=5m
+    fi
+done
 admitted kubectl apply -f - <<EOF
 apiVersion: v1
 kind: Namespace
@@ -200,6 +211,9 @@ metadata:
     pod-security.kubernetes.io/warn: restricted
     pod-security.kubernetes.io/warn-version: latest
 EOF
+admitted kubectl --namespace "$NAMESPACE" create serviceaccount "$CALLER"
+kubectl create namespace "$OUTSIDER"
+kubectl --namespace "$OUTSIDER" create serviceaccount "$CALLER"
 
 # --rollback-on-failure is Helm 4's name for --atomic (scripts/install-tools.sh pins Helm 4).
 step "3. helm upgrade --install with image A and model A"
@@ -211,7 +225,7 @@ revision_a=$(helm status "$RELEASE" --namespace "$NAMESPACE" -o json | jq -r .ve
 step "3. helm test"
 admitted helm test "$RELEASE" --namespace "$NAMESPACE" --logs --timeout 5m
 
-step "3. POST /predict through kubectl port-forward"
+step "3. POST /predict through kubectl port-forward, with and without an allowed token"
 kubectl --namespace "$NAMESPACE" port-forward "service/$RELEASE" "$LOCAL_PORT:http" >"$scratch/port-forward.log" 2>&1 &
 forward_pid=$!
 ready=false
@@ -223,10 +237,33 @@ for _ in $(seq 30); do
     sleep 1
 done
 $ready || die "GET /readyz through the port-forward did not answer 200 within 30 s: $(cat "$scratch/port-forward.log")"
-curl -fsS -H 'Content-Type: application/json' --data "@$CHART/files/malignant-example.json" \
-    "http://127.0.0.1:$LOCAL_PORT/predict" | tee "$scratch/answer.json"
+audience=$(kubectl --namespace "$NAMESPACE" get deployment --selector "$SERVICE_PODS" \
+    -o jsonpath='{.items[0].spec.template.spec.containers[0].env[?(@.name=="AUTH_AUDIENCE")].value}')
+[[ -n $audience ]] || die "the Deployment sets no AUTH_AUDIENCE: the chart's default is auth.enabled=true"
+# The tokens reach curl in header files, never on a command line.
+for caller in "$NAMESPACE" "$OUTSIDER"; do
+    token=$(kubectl --namespace "$caller" create token "$CALLER" --audience "$audience")
+    printf 'Authorization: Bearer %s\n' "$token" >"$scratch/$caller.header"
+done
+curl -fsS -H "@$scratch/$NAMESPACE.header" -H 'Content-Type: application/json' \
+    --data "@$CHART/files/malignant-example.json" "http://127.0.0.1:$LOCAL_PORT/predict" | tee "$scratch/answer.json"
 echo
 jq -e '.diagnosis == "malignant"' "$scratch/answer.json" >/dev/null || die "the malignant example was not diagnosed malignant"
+# Refused: without a token 401 with `WWW-Authenticate: Bearer`; as an account of another namespace 403.
+for expected in 401 403; do
+    token_header=()
+    [[ $expected == 403 ]] && token_header=(-H "@$scratch/$OUTSIDER.header")
+    status=$(curl -sS -o "$scratch/refused.json" -D "$scratch/refused.headers" -w '%{http_code}' "${token_header[@]}" \
+        -H 'Content-Type: application/json' --data "@$CHART/files/malignant-example.json" \
+        "http://127.0.0.1:$LOCAL_PORT/predict")
+    [[ $status == "$expected" ]] \
+        || die "POST /predict ${token_header[*]:+as $OUTSIDER/$CALLER }answered $status, not $expected: $(cat "$scratch/refused.json")"
+    if [[ $expected == 401 ]]; then
+        grep -i '^www-authenticate: bearer' "$scratch/refused.headers" >/dev/null \
+            || die "the 401 answer carries no 'WWW-Authenticate: Bearer' header"
+    fi
+    echo "POST /predict ${token_header[*]:+as $OUTSIDER/$CALLER }answered $status, as expected"
+done
 kill "$forward_pid"
 forward_pid=""
 
@@ -296,6 +333,7 @@ step "7. helm uninstall leaves nothing labelled $INSTANCE"
 kubectl --namespace "$NAMESPACE" delete -f k8s/client-job.yaml --ignore-not-found --cascade=foreground --wait --timeout=2m
 kubectl --namespace "$NAMESPACE" delete "job/$LOAD_JOB" "configmap/$LOAD_JOB" --ignore-not-found --cascade=foreground \
     --wait --timeout=2m
+kubectl delete namespace "$OUTSIDER" --ignore-not-found --wait --timeout=5m
 helm uninstall "$RELEASE" --namespace "$NAMESPACE" --wait --timeout 5m
 # Pods take their preStop drain to stop and EndpointSlices are garbage-collected: poll for a while.
 deadline=$((SECONDS + 120))
@@ -315,4 +353,5 @@ printf '\ne2e-kind: OK: image A %s (model %s) installed, tested and verified; up
     "$IMAGE_A" "$MODEL_TAG_A"
 printf 'image B %s (model %s) with no failed request; rolled back to model A; uninstalled cleanly.\n' \
     "$IMAGE_B" "$MODEL_TAG_B"
+echo "Every call presented a ServiceAccount token; none (401) and another namespace's (403) were refused."
 echo "load: $(jq -c '{requests, requests_per_second, closed_by_server, models}' <<<"$summary")"

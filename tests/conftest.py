@@ -106,3 +106,24 @@ def server(model_store: Path, log_file: Path, tmp_path_factory: pytest.TempPathF
 def client(server: Server) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Skipped tests, grouped by reason, and the command that installs what they need: a bare machine
+    otherwise passes with whole groups (the container image, the browser, Prometheus) silently unrun."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return
+    terminalreporter.section("skipped groups")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        terminalreporter.write_line(f"{count:4d} skipped: {reason}")
+    # README.md's line for the full suite: the one apt-get install line naming the most packages.
+    readme = (REPO_ROOT / "README.md").read_text()
+    lines = [line.split("#")[0].strip() for line in readme.splitlines() if "apt-get install" in line]
+    if lines:
+        terminalreporter.write_line("To run them: install what the full suite uses, then make test again:")
+        terminalreporter.write_line(f"  {max(lines, key=lambda line: len(line.split()))}")

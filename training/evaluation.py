@@ -24,6 +24,7 @@ from sklearn.metrics import (
 from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.pipeline import Pipeline
 
+from training.domain import DomainFit
 from wdbc import CLASS_LABELS, ModelMetadata, Reference
 from wdbc.metadata import ClassScores, CrossValidated, Holdout
 
@@ -86,6 +87,7 @@ def gate_failures(cv_metrics: dict[str, CrossValidated]) -> list[str]:
 
 @dataclass(frozen=True)
 class HoldoutEvaluation:
+    features: np.ndarray
     labels: np.ndarray
     probabilities: np.ndarray
     predictions: np.ndarray
@@ -119,7 +121,7 @@ def evaluate_holdout(model: TrainedModel, features: np.ndarray, labels: np.ndarr
         labels, predictions, labels=[0, 1], target_names=list(CLASS_LABELS), digits=4, zero_division=0
     )
     average_precision = float(average_precision_score(labels, probabilities))
-    return HoldoutEvaluation(labels, probabilities, predictions, metrics, average_precision, text)
+    return HoldoutEvaluation(features, labels, probabilities, predictions, metrics, average_precision, text)
 
 
 @dataclass(frozen=True)
@@ -143,3 +145,4 @@ class TrainingRun:
     threshold_choice: ThresholdChoice
     train_labels: np.ndarray
     gate_failures: list[str]
+    domain_fit: DomainFit  # the validity domain (also in metadata.domain) and the scores it was fitted on

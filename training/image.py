@@ -1,7 +1,7 @@
-"""What scripts/build-image.sh packages: one exact model tag, and a bentofile naming exactly that model.
+"""What scripts/build-image.sh packages: one exact model tag, and a build context holding only the bento.
 
     python -m training.image model-tag [--registry DIR]    # prints the exact tag to build with
-    python -m training.image bentofile TAG OUTPUT           # bentofile.yaml with only TAG and MODEL_TAG=TAG
+    python -m training.image context TAG DIRECTORY         # a build context for `bentoml build DIRECTORY`
 
 The tag, from the store at BENTOML_HOME:
   1. MODEL_TAG, if set, resolved to its exact version (`breast_cancer:latest` names no version);
@@ -9,6 +9,14 @@ The tag, from the store at BENTOML_HOME:
   3. else the store's latest breast_cancer model, resolved to its exact version.
 The image then serves that version whatever else the store holds: the bento carries only it, and
 the image's MODEL_TAG names it, so /model answers the tag the image was built with.
+
+The context is a new directory holding a generated bentofile.yaml (naming only TAG, with MODEL_TAG=TAG)
+and a copy of exactly the files it names: its include patterns, anchored to the repository root, and
+the files its options refer to (requirements, Dockerfile template). `bentoml build` walks its context
+while it writes the bento under $BENTOML_HOME/tmp: with the repository as the context and .bentoml/
+(the default BENTOML_HOME) inside it, it would copy its own output and earlier bentos into the bento
+and, in some directory orders, recurse until a path is too long. The context holds no BentoML home,
+so the bento is the same in every directory order, whatever BENTOML_HOME is and holds.
 """
 
 from __future__ import annotations
@@ -16,22 +24,36 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import yaml
+from pathspec import PathSpec
 
 from training.registry import Registry, RegistryError
 from wdbc import MODEL_NAME
 
-BENTOFILE = Path(__file__).resolve().parents[1] / "bentofile.yaml"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENTOFILE = REPO_ROOT / "bentofile.yaml"
 MODEL_TAG_ENV = "MODEL_TAG"
+# Options whose value names a file of the build context (BentoML resolves them against it).
+FILE_OPTIONS = (
+    ("python", "requirements_txt"),
+    ("docker", "dockerfile_template"),
+    ("docker", "setup_script"),
+    ("conda", "environment_yml"),
+)
+# Never searched for bento files: VCS data, virtual environments and bytecode (BentoML skips the same),
+# and hidden directories such as .bentoml/ and .tools/, which hold generated state.
+PRUNED_DIRECTORIES = {"__pycache__", "venv"}
 
 
 class ImageError(Exception):
-    """No model to build with."""
+    """No model to build with, or a bentofile that names what the repository lacks."""
 
 
 def resolve_model_tag(requested: str | None, registry: Registry) -> tuple[str, str]:
@@ -75,14 +97,66 @@ def bentofile(source: dict[str, Any], tag: str) -> dict[str, Any]:
     config["models"] = [tag]
     envs = [env for env in config.get("envs") or [] if env.get("name") != MODEL_TAG_ENV]
     config["envs"] = [*envs, {"name": MODEL_TAG_ENV, "value": tag}]
+    # A pattern without a slash matches at any depth (`pyproject.toml` matched copies inside
+    # .bentoml/); anchored, each matches only where the source bentofile's author meant.
+    config["include"] = [anchored(pattern) for pattern in config.get("include") or ["*"]]
     return config
 
 
-def write_bentofile(tag: str, output: Path, source: Path = BENTOFILE) -> Path:
+def anchored(pattern: str) -> str:
+    """A gitignore-style pattern that matches from the root of the build context only."""
+    negated, body = (pattern[0], pattern[1:]) if pattern.startswith("!") else ("", pattern)
+    return pattern if body.startswith(("/", "**/")) else f"{negated}/{body}"
+
+
+def write_context(tag: str, directory: Path, source: Path = BENTOFILE, root: Path = REPO_ROOT) -> Path:
+    """Create `directory` with the bentofile for `tag` and a copy of the files the bento needs."""
     config = bentofile(yaml.safe_load(source.read_text()), tag)
+    # Listed in full before anything is written, so the copy is never part of what is copied.
+    files = sorted({*bento_files(config, root), *option_files(config, root)})
+    directory.mkdir(parents=True)
+    for relative in files:
+        (directory / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / relative, directory / relative)
     header = f"# Generated from {source.name} by training/image.py for {tag}; not for editing.\n"
-    output.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    return output
+    (directory / "bentofile.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return directory
+
+
+def bento_files(config: dict[str, Any], root: Path) -> Iterator[str]:
+    """The files under root that the bentofile's include and exclude patterns select, as BentoML does."""
+    include = PathSpec.from_lines("gitwildmatch", config["include"])
+    exclude = PathSpec.from_lines("gitwildmatch", config.get("exclude") or [])
+    home = Path(os.environ.get("BENTOML_HOME", "~/bentoml")).expanduser().resolve()
+    for current, directories, names in os.walk(root):
+        here = Path(current)
+        directories[:] = [
+            name
+            for name in directories
+            if not name.startswith(".") and name not in PRUNED_DIRECTORIES and (here / name).resolve() != home
+        ]
+        for name in names:
+            relative = (here / name).relative_to(root).as_posix()
+            if include.match_file(relative) and not exclude.match_file(relative):
+                yield relative
+
+
+def option_files(config: dict[str, Any], root: Path) -> Iterator[str]:
+    """The files the bentofile's options name (requirements, Dockerfile template, ...)."""
+    named = [
+        ((section, key), config[section][key])
+        for section, key in FILE_OPTIONS
+        if (config.get(section) or {}).get(key)
+    ]
+    named += [(("python", "wheels"), wheel) for wheel in (config.get("python") or {}).get("wheels") or []]
+    description = config.get("description") or ""
+    if description.startswith("file:"):
+        named.append((("description",), description.removeprefix("file:")))
+    for option, name in named:
+        path = (root / name).resolve()
+        if not path.is_file() or not path.is_relative_to(root):
+            raise ImageError(f"{'.'.join(option)}: {name} is not a file of the repository")
+        yield path.relative_to(root).as_posix()
 
 
 def store_location() -> str:
@@ -97,9 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     tag_parser = commands.add_parser("model-tag", help="print the exact model tag to build the image with")
     tag_parser.add_argument("--registry", type=Path, default=None, help="default: $REGISTRY, else registry/")
-    file_parser = commands.add_parser("bentofile", help="write a bentofile naming exactly one model")
-    file_parser.add_argument("tag")
-    file_parser.add_argument("output", type=Path)
+    context_parser = commands.add_parser(
+        "context", help="create a build context: the bentofile for one model and the files it names"
+    )
+    context_parser.add_argument("tag")
+    context_parser.add_argument("directory", type=Path, help="created; must not exist")
     args = parser.parse_args(argv)
 
     try:
@@ -108,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"model: {tag} ({why})", file=sys.stderr)
             print(tag)
         else:
-            write_bentofile(args.tag, args.output)
-    except (ImageError, RegistryError) as error:
+            write_context(args.tag, args.directory)
+    except (ImageError, RegistryError, FileExistsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -25,6 +25,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from training.domain import DomainFit
 from training.evaluation import ThresholdChoice, TrainingRun
 from wdbc import CLASS_LABELS, FEATURE_NAMES, MALIGNANT_LABEL, STATISTICS, feature_name
 
@@ -58,10 +59,23 @@ def summary(run: TrainingRun) -> str:
         f"  roc_auc           {scores.roc_auc:.4f}",
         f"  average precision {run.holdout.average_precision:.4f}",
         f"  confusion matrix  [[TN FP] [FN TP]] = {scores.confusion_matrix}",
+        *domain_summary(run.domain_fit),
         f"promoted model when trained: {lineage.compared_with or '(none)'}",
         run.holdout.report,
     ]
     return "\n".join(lines)
+
+
+def domain_summary(fit: DomainFit) -> list[str]:
+    domain, calibration = fit.domain, fit.domain.calibration
+    k = f"{domain.range_factor:g}"
+    return [
+        f"validity domain: hard limits [max(0, min - {k}·range), max + {k}·range] of the training part",
+        f"  out-of-distribution threshold {domain.threshold:.2f} (robust Mahalanobis distance):",
+        f"  {domain.threshold_rule}",
+        f"  held-out part: {calibration.held_out_refused} of {calibration.held_out_rows} rows outside a "
+        + f"hard limit, {calibration.held_out_indeterminate} above the threshold",
+    ]
 
 
 def class_counts(run: TrainingRun) -> list[tuple[str, int, int]]:
@@ -154,6 +168,10 @@ def write(directory: Path, model_tag: str, run: TrainingRun) -> Path:
     _save(figure, directory / "probabilities.png")
 
     _threshold_plot(run.threshold_choice, directory / "threshold.png")
+    _domain_score_plot(run.domain_fit, holdout.features, directory / "domain_scores.png")
+    _domain_limits_plot(
+        run.domain_fit, run.reference.features, holdout.features, directory / "domain_limits.png"
+    )
     coefficients = standardized_coefficients(run)
     _coefficient_plot(coefficients, directory / "coefficients.png")
 
@@ -239,6 +257,62 @@ one. Their sums per statistic: {group_sums}.
 | feature | coefficient |
 |---|---|
 {coefficient_rows}
+
+{_domain_markdown(run.domain_fit, run.holdout.features)}"""
+
+
+def mix_ups(features: np.ndarray) -> dict[str, np.ndarray]:
+    """Rows as a client who mixed up units would send them: the size features, or all, x 0.1 or x 10."""
+    size = [FEATURE_NAMES.index(feature_name(m, s)) for s in STATISTICS for m in SIZE_MEASUREMENTS]
+    scaled = {}
+    for factor in (0.1, 10.0):
+        sized = features.copy()
+        sized[:, size] *= factor
+        scaled[f"size features x {factor:g}"] = sized
+        scaled[f"all features x {factor:g}"] = features * factor
+    return scaled
+
+
+def _domain_markdown(fit: DomainFit, held_out_features: np.ndarray) -> str:
+    domain, calibration = fit.domain, fit.domain.calibration
+    limits = "\n".join(
+        f"| `{name}` | {low:.4g} | {high:.4g} |"
+        for name, low, high in zip(FEATURE_NAMES, domain.low, domain.high, strict=True)
+    )
+    held = fit.held_out
+    caught = {
+        label: float(np.mean(fit.domain.outside(rows))) for label, rows in mix_ups(held_out_features).items()
+    }
+    caught_rows = "\n".join(f"| {label} | {share:.1%} |" for label, share in caught.items())
+    return f"""## Validity domain
+
+The service answers only for rows the model can speak to. A value outside its hard limit is refused
+(422); a row within every limit whose robust Mahalanobis distance from the training part is above
+{domain.threshold:.2f} is answered `indeterminate`, without a diagnosis.
+
+- **Hard limits:** [max(0, min − k·range), max + k·range] of each feature in the training part,
+  k = {domain.range_factor:g} (a measurement cannot be negative).
+- **Score:** the distance of log(value + offset) from the centre of the training part, in the
+  metric of its Minimum Covariance Determinant covariance (support fraction
+  {calibration.support_fraction:g}); offset: {domain.log_offset_rule}.
+- **Threshold {domain.threshold:.2f}:** {domain.threshold_rule}.
+- **Held-out part** ({calibration.held_out_rows} rows, never used to fit or calibrate):
+  {calibration.held_out_refused} outside a hard limit, {calibration.held_out_indeterminate} above
+  the threshold; its largest distance is {np.max(held[np.isfinite(held)], initial=0):.2f}.
+
+Held-out rows as a client mixing up units would send them, refused or indeterminate:
+
+| held-out rows with | outside the domain |
+|---|---|
+{caught_rows}
+
+![Distances from the training part](domain_scores.png)
+
+![Hard limits and training ranges](domain_limits.png)
+
+| feature | lowest accepted | highest accepted |
+|---|---|---|
+{limits}
 """
 
 
@@ -264,6 +338,69 @@ def _threshold_plot(choice: ThresholdChoice, path: Path) -> None:
         title=f"Threshold choice: F{choice.beta:g} on the training part's out-of-fold probabilities",
     )
     axes.legend(loc="lower left")
+    _save(figure, path)
+
+
+def _domain_score_plot(fit: DomainFit, held_out_features: np.ndarray, path: Path) -> None:
+    threshold = fit.domain.threshold
+    real = {"training part, out of fold": fit.out_of_fold, "held-out part": fit.held_out}
+    scaled = {label: fit.domain.scores(rows) for label, rows in mix_ups(held_out_features).items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in (*real.values(), *scaled.values())])
+    bins = np.geomspace(max(finite.min(), 1e-2) * 0.9, max(finite.max(), threshold) * 1.1, 50)
+    figure, axes = plt.subplots(figsize=(9, 5))
+    for label, values in real.items():
+        axes.hist(values[np.isfinite(values)], bins=bins, alpha=0.6, label=f"{label} ({len(values)} rows)")
+    for label, values in scaled.items():
+        beyond = int(np.isinf(values).sum())
+        note = f"; {beyond} beyond a hard limit" if beyond else ""
+        axes.hist(
+            values[np.isfinite(values)],
+            bins=bins,
+            histtype="step",
+            linewidth=1.5,
+            label=f"held-out, {label}{note}",
+        )
+    axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.2f}")
+    axes.set(
+        xscale="log",
+        xlabel="robust Mahalanobis distance from the training part (log scale)",
+        ylabel="rows",
+        title="Validity domain: rows to the right of the threshold are answered indeterminate",
+    )
+    axes.legend(fontsize=8)
+    _save(figure, path)
+
+
+def _domain_limits_plot(
+    fit: DomainFit, training_features: np.ndarray, held_out_features: np.ndarray, path: Path
+) -> None:
+    """Per feature, in units of its training range from its training minimum: the hard limits, the
+    training range [0, 1] and the held-out values."""
+    low, high = training_features.min(axis=0), training_features.max(axis=0)
+    spread = high - low
+    accepted_low = (np.array(fit.domain.low) - low) / spread
+    accepted_high = (np.array(fit.domain.high) - low) / spread
+    positions = np.arange(len(FEATURE_NAMES))
+    figure, axes = plt.subplots(figsize=(8, 9))
+    axes.barh(
+        positions,
+        accepted_high - accepted_low,
+        left=accepted_low,
+        color="tab:green",
+        alpha=0.2,
+        label="accepted (hard limits)",
+    )
+    axes.barh(positions, np.ones_like(spread), left=0, color="tab:green", alpha=0.6, label="training range")
+    held = (held_out_features - low) / spread
+    features = np.broadcast_to(positions, held.shape)
+    axes.plot(held.ravel(), features.ravel(), "k.", markersize=2, alpha=0.5, label="held-out values")
+    axes.set_yticks(positions, FEATURE_NAMES, fontsize=8)
+    axes.invert_yaxis()
+    axes.set(
+        xlabel="(value - training minimum) / training range",
+        title=f"Hard limits: [max(0, min - {fit.domain.range_factor:g}·range), max + {fit.domain.range_factor:g}·range]",
+    )
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncols=3, fontsize=8)
     _save(figure, path)
 
 

@@ -5,9 +5,10 @@
 Steps: read and validate the CSV (written from scikit-learn's copy when the default path is
 absent); stratified train/test split; gate on repeated stratified cross-validation of the training
 part; fit StandardScaler + LogisticRegression on the whole training part with a decision threshold
-chosen from cross-validated probabilities; score the held-out part once; save the pipeline to the
-BentoML model store with its typed metadata (wdbc.ModelMetadata) and reference rows
-(wdbc.Reference); write the report. A failed gate exits 1 and saves nothing.
+chosen from cross-validated probabilities; score the held-out part once; fit the validity domain
+on the training part (training/domain.py); save the pipeline to the BentoML model store with its
+typed metadata (wdbc.ModelMetadata, the domain included) and reference rows (wdbc.Reference); write
+the report. A failed gate exits 1 and saves nothing.
 
 The model's lineage records the registry's promoted model at training time (compared_with; see
 training/registry.py): `python -m training.promote promote <tag>` then decides whether it replaces it.
@@ -34,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from training import report
 from training.dataset import DEFAULT_CSV, Dataset, DatasetError, load_csv, write_csv
+from training.domain import fit_domain
 from training.evaluation import (
     CV_FOLDS,
     QUALITY_GATE,
@@ -191,6 +193,7 @@ def _train(data: Dataset, seed: int, compared_with: str | None, recipe: BaseEsti
     cv_metrics = summarise(recipe_fold_scores(train_x, train_y, seed, recipe))
     model, choice = _fit(train_x, train_y, seed, recipe)
     holdout = evaluate_holdout(model, test_x, test_y)
+    domain_fit = fit_domain(train_x, test_x, seed)
     metadata = ModelMetadata(
         threshold=model.threshold,
         threshold_rule=THRESHOLD_RULE,
@@ -199,6 +202,7 @@ def _train(data: Dataset, seed: int, compared_with: str | None, recipe: BaseEsti
         metrics=Metrics(cross_validation=cv_metrics, holdout=holdout.metrics),
         quality_gate=QUALITY_GATE,
         feature_stats=feature_statistics(train_x),
+        domain=domain_fit.domain,
         lineage=Lineage(
             dataset_sha256=data.sha256,
             dataset_rows=len(data),
@@ -217,7 +221,9 @@ def _train(data: Dataset, seed: int, compared_with: str | None, recipe: BaseEsti
         probabilities=model.probabilities(train_x),
         logits=model.pipeline.decision_function(train_x),
     )
-    return TrainingRun(model, metadata, reference, holdout, choice, train_y, gate_failures(cv_metrics))
+    return TrainingRun(
+        model, metadata, reference, holdout, choice, train_y, gate_failures(cv_metrics), domain_fit
+    )
 
 
 def save(run: TrainingRun) -> bentoml.Model:

@@ -1,10 +1,11 @@
 """The model's contract, shared by training, the service, the verifier and the benchmark.
 
-Feature names and meanings, class labels, example rows, and the typed metadata and reference
-data that training saves with a model and the service validates when it loads one. Nothing here
-imports the service or training; they import this.
+Feature names and meanings, class labels, example rows, and the typed metadata (with the model's
+validity domain) and reference data that training saves with a model and the service validates
+when it loads one. Nothing here imports the service or training; they import this.
 """
 
+from wdbc.domain import DOMAIN_VERSION, ValidityDomain
 from wdbc.features import (
     BENIGN_EXAMPLE,
     BENIGN_LABEL,
@@ -25,6 +26,7 @@ __all__ = [
     "BENIGN_EXAMPLE",
     "BENIGN_LABEL",
     "CLASS_LABELS",
+    "DOMAIN_VERSION",
     "FEATURE_DESCRIPTIONS",
     "FEATURE_NAMES",
     "MALIGNANT_EXAMPLE",
@@ -37,5 +39,6 @@ __all__ = [
     "ModelMetadata",
     "Reference",
     "ReferenceDataError",
+    "ValidityDomain",
     "feature_name",
 ]

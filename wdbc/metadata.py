@@ -10,10 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from wdbc.domain import ValidityDomain
 from wdbc.features import CLASS_LABELS, FEATURE_NAMES
 
 # Bump when the shape below changes; the service refuses other versions by name.
-METADATA_VERSION = 2
+# 3: the validity domain (`domain`).
+METADATA_VERSION = 3
 
 
 class MetadataError(ValueError):
@@ -75,7 +77,7 @@ class Lineage(_Frozen):
 
 
 class ModelMetadata(_Frozen):
-    version: Literal[2] = METADATA_VERSION
+    version: Literal[3] = METADATA_VERSION
     threshold: float = Field(gt=0, le=1, description="malignant when probability_malignant >= threshold")
     threshold_rule: str
     feature_names: tuple[str, ...]
@@ -84,6 +86,7 @@ class ModelMetadata(_Frozen):
     metrics: Metrics
     quality_gate: dict[str, float]
     feature_stats: dict[str, FeatureStats]
+    domain: ValidityDomain = Field(description="the inputs the model can speak to (wdbc.domain)")
     lineage: Lineage
 
     @field_validator("feature_names")

@@ -7,7 +7,7 @@ rules into a real Prometheus scraping the service and check every metric name ex
 
     spec = rendered_rule_spec("--set", ",".join(IMMEDIATE_ALERTS), release="e2e", namespace="default")
     yaml.safe_dump(spec, rules_file)            # spec == {"groups": [...]}: a Prometheus rule file
-    rendered_metric_names()                     # {"model_ready", "bentoml_service_request_total", ...}
+    rendered_metric_names()                     # {"model_ready", "http_requests_total", ...}
 
 Series are selected by job="<full name>", namespace="<namespace>"; the full name is
 "<release>-breast-cancer-classifier" (just the release when it contains the chart name), or the value
@@ -101,7 +101,13 @@ def rendered_dashboard(
 
 
 def rule_expressions(spec: dict[str, Any]) -> list[str]:
+    """Every rule's expression, recording rules' included."""
     return [rule["expr"] for group in spec["groups"] for rule in group["rules"]]
+
+
+def recorded_names(spec: dict[str, Any]) -> set[str]:
+    """The series the recording rules write (Prometheus makes them; the service does not expose them)."""
+    return {rule["record"] for group in spec["groups"] for rule in group["rules"] if "record" in rule}
 
 
 def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
@@ -109,11 +115,13 @@ def dashboard_expressions(dashboard: dict[str, Any]) -> list[str]:
 
 
 def rendered_metric_names(*helm_args: str, release: str = "bcc", namespace: str = "ml-serving") -> set[str]:
-    """Every metric name the rendered alert rules and dashboard query, exactly as written.
+    """Every metric name the rendered alert rules and dashboard query, exactly as written, but for
+    the series the rules record themselves: the names the service's /metrics must expose.
 
-    Histograms appear as the series actually queried (bentoml_service_request_duration_seconds_bucket),
-    which is also the name the service's /metrics exposes for them.
+    Histograms appear as the series actually queried (http_request_duration_seconds_bucket), which is
+    also the name the service's /metrics exposes for them.
     """
-    expressions = rule_expressions(rendered_rule_spec(*helm_args, release=release, namespace=namespace))
+    spec = rendered_rule_spec(*helm_args, release=release, namespace=namespace)
+    expressions = rule_expressions(spec)
     expressions += dashboard_expressions(rendered_dashboard(*helm_args, release=release, namespace=namespace))
-    return set().union(*map(promql_metric_names, expressions))
+    return set().union(*map(promql_metric_names, expressions)) - recorded_names(spec)

@@ -39,15 +39,51 @@ def test_malignant_example_file_matches_wdbc(chart):
     assert tuple(example) == FEATURE_NAMES
 
 
-def test_notes_give_port_forward_and_a_working_curl(helm_run, chart):
-    result = helm_run("install", "demo", chart, "--namespace", "ml", "--dry-run=client")
+def install_notes(helm_run, chart, *args: str) -> tuple[str, list[dict]]:
+    """NOTES.txt and the objects of a client-side dry-run install of release demo in namespace ml."""
+    result = helm_run("install", "demo", chart, "--namespace", "ml", "--dry-run=client", *args)
     assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+    manifest, notes = result.stdout.split("NOTES:", 1)
+    return notes, [doc for doc in yaml.safe_load_all(manifest.split("MANIFEST:", 1)[1]) if doc]
+
+
+def test_notes_give_port_forward_a_token_recipe_and_a_working_curl(helm_run, chart):
+    """The recipe's account exists in the release, and its token is for the audience the pods require."""
+    notes, docs = install_notes(helm_run, chart)
     assert "kubectl --namespace ml port-forward service/demo-breast-cancer-classifier 3000:80" in notes
-    curl = re.search(r"curl -s -X POST http://127\.0\.0\.1:3000/predict .*?-d '([^']*)'", notes, re.DOTALL)
+    token = re.search(r"TOKEN=\$\(kubectl --namespace (\S+) create token (\S+) --audience (\S+)\)", notes)
+    assert token, notes
+    namespace, account, audience = token.groups()
+    accounts = {doc["metadata"]["name"] for doc in docs if doc["kind"] == "ServiceAccount"}
+    assert namespace == "ml" and account in accounts
+    (deployment,) = [doc for doc in docs if doc["kind"] == "Deployment"]
+    env = {
+        var["name"]: var.get("value")
+        for var in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert audience == env["AUTH_AUDIENCE"]
+    assert "ml/*" in env["AUTH_ALLOW_DIAGNOSIS"].split(",")
+    curl = re.search(r"curl -s -X POST http://127\.0\.0\.1:3000/predict (.*?)-d '([^']*)'", notes, re.DOTALL)
     assert curl, notes
-    assert json.loads(curl.group(1)) == MALIGNANT_EXAMPLE
+    assert '-H "Authorization: Bearer $TOKEN"' in curl.group(1)
+    assert json.loads(curl.group(2)) == MALIGNANT_EXAMPLE
     assert "helm test demo --namespace ml" in notes
+
+
+def test_notes_say_who_may_call(helm_run, chart):
+    notes, _ = install_notes(
+        helm_run, chart, "--set", "auth.allow.diagnosis={clinic/frontend},networkPolicy.enabled=false"
+    )
+    assert "diagnosis (POST /predict, /predict_batch, /explain): ml/*, clinic/frontend" in notes
+    assert "outcomes (POST /outcomes): ml/*" in notes
+    assert "No NetworkPolicy" in notes
+    notes, _ = install_notes(
+        helm_run, chart, "--set", "auth.allowReleaseNamespace=false,smokeTest.enabled=false"
+    )
+    assert "diagnosis (POST /predict, /predict_batch, /explain): nobody" in notes
+    assert "create token <account>" in notes
+    notes, _ = install_notes(helm_run, chart, "--set", "auth.enabled=false")
+    assert "authentication is off" in notes and "create token" not in notes and "Authorization" not in notes
 
 
 def test_smoke_test_pod_calls_the_service_by_dns(objects, one, chart):
@@ -57,15 +93,52 @@ def test_smoke_test_pod_calls_the_service_by_dns(objects, one, chart):
     (container,) = pod["spec"]["containers"]
     env = {var["name"]: var["value"] for var in container["env"]}
     name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
-    assert env["SERVICE_URL"] == f"http://{name}.{namespace}.svc:{service['spec']['ports'][0]['port']}"
+    (api_port,) = [port["port"] for port in service["spec"]["ports"] if port["name"] == "http"]
+    assert env["SERVICE_URL"] == f"http://{name}.{namespace}.svc:{api_port}"
     # The service image is the only image the cluster is known to have.
     assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert container["command"] == ["python3", "/smoke-test/smoke_test.py"]
-    (volume,) = pod["spec"]["volumes"]
+    (volume,) = [volume for volume in pod["spec"]["volumes"] if "configMap" in volume]
     config_map = one(docs, "ConfigMap")
     assert volume["configMap"]["name"] == config_map["metadata"]["name"]
     assert config_map["data"]["smoke_test.py"] == (chart / "files" / "smoke_test.py").read_text()
     assert json.loads(config_map["data"]["malignant-example.json"]) == MALIGNANT_EXAMPLE
+
+
+def test_smoke_test_presents_a_token_of_an_allowed_account_for_the_service_audience(objects, one, config):
+    """helm test (and the client Job) run as the chart's client account, which the diagnosis group
+    allows, with a projected token bound to the audience the service requires; no other credential."""
+    docs = objects(config)
+    service_env = {
+        var["name"]: var.get("value")
+        for var in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    pods = [one(docs, "Pod")["spec"]] + [
+        job["spec"]["template"]["spec"] for job in docs if job["kind"] == "Job"
+    ]
+    for pod in pods:
+        assert pod["automountServiceAccountToken"] is False
+        (container,) = pod["containers"]
+        env = {var["name"]: var["value"] for var in container["env"]}
+        projected = [volume for volume in pod["volumes"] if "projected" in volume]
+        if service_env["AUTH_ENABLED"] != "true":
+            assert not projected and "TOKEN_FILE" not in env and "serviceAccountName" not in pod
+            continue
+        (volume,) = projected
+        (source,) = volume["projected"]["sources"]
+        token = source["serviceAccountToken"]
+        assert token["audience"] == service_env["AUTH_AUDIENCE"]
+        (mount,) = [mount for mount in container["volumeMounts"] if mount["name"] == volume["name"]]
+        assert env["TOKEN_FILE"] == f"{mount['mountPath']}/{token['path']}"
+        (account,) = [
+            doc
+            for doc in docs
+            if doc["kind"] == "ServiceAccount" and doc["metadata"]["name"] == pod["serviceAccountName"]
+        ]
+        assert account["automountServiceAccountToken"] is False
+        caller = f"{account['metadata']['namespace']}/{account['metadata']['name']}"
+        allowed = service_env["AUTH_ALLOW_DIAGNOSIS"].split(",")
+        assert caller in allowed or f"{account['metadata']['namespace']}/*" in allowed
 
 
 def test_helm_test_leaves_nothing_behind_and_reports_once(objects, config):
@@ -80,7 +153,7 @@ def test_helm_test_leaves_nothing_behind_and_reports_once(objects, config):
     policy = set(hooks[0]["metadata"]["annotations"]["helm.sh/hook-delete-policy"].split(","))
     assert policy == {"before-hook-creation", "hook-succeeded", "hook-failed"}
     # Its script is an ordinary object of the release, which `helm uninstall` removes.
-    (volume,) = hooks[0]["spec"]["volumes"]
+    (volume,) = [volume for volume in hooks[0]["spec"]["volumes"] if "configMap" in volume]
     (script,) = [
         d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"]
     ]
@@ -95,17 +168,25 @@ def test_smoke_test_can_be_left_out(objects):
 
 
 class FakeService(BaseHTTPRequestHandler):
-    """Stands in for the service: /readyz and /predict with a configurable answer."""
+    """Stands in for the service: /readyz and /predict with a configurable answer; with `token` set,
+    /predict answers 401 unless the request carries it as a bearer token."""
 
     ready = True
     diagnosis = "malignant"
+    token: str | None = None
     received: ClassVar[list[dict]] = []
 
     def do_GET(self):
         self.reply(200 if self.path == "/readyz" and self.ready else 503, {})
 
     def do_POST(self):
-        FakeService.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.token and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.reply(
+                401, {"error": "unauthorized", "detail": [{"field": "Authorization", "message": "no token"}]}
+            )
+            return
+        FakeService.received.append(body)
         self.reply(200, {"diagnosis": self.diagnosis, "probability_malignant": 0.99})
 
     def reply(self, status, body):
@@ -131,12 +212,12 @@ def fake_service(monkeypatch):
     server.server_close()
 
 
-def run_smoke_test(chart, url, timeout="5"):
+def run_smoke_test(chart, url, timeout="5", token_file=None):
     env = {
         "SERVICE_URL": url,
         "EXAMPLE_FILE": str(chart / "files" / "malignant-example.json"),
         "TIMEOUT_SECONDS": timeout,
-    }
+    } | ({"TOKEN_FILE": str(token_file)} if token_file else {})
     script = chart / "files" / "smoke_test.py"
     return subprocess.run(
         [sys.executable, script], env=env, capture_output=True, text=True, timeout=60, check=False
@@ -160,3 +241,19 @@ def test_smoke_test_fails_when_never_ready(chart, fake_service, monkeypatch):
     monkeypatch.setattr(FakeService, "ready", False)
     result = run_smoke_test(chart, fake_service, timeout="1")
     assert result.returncode == 1 and "/readyz did not answer 200" in result.stderr
+
+
+def test_smoke_test_presents_the_projected_token(chart, fake_service, monkeypatch, tmp_path):
+    monkeypatch.setattr(FakeService, "token", "eyJhbGciOiJSUzI1NiJ9.e30.sig")
+    token_file = tmp_path / "token"
+    token_file.write_text("eyJhbGciOiJSUzI1NiJ9.e30.sig")  # the kubelet writes it without a newline
+    result = run_smoke_test(chart, fake_service, token_file=token_file)
+    assert result.returncode == 0, result.stderr
+    assert FakeService.received == [MALIGNANT_EXAMPLE]
+
+
+def test_smoke_test_fails_with_the_answer_when_refused(chart, fake_service, monkeypatch):
+    monkeypatch.setattr(FakeService, "token", "expected")
+    result = run_smoke_test(chart, fake_service)
+    assert result.returncode == 1
+    assert "HTTP 401" in result.stderr and "no token" in result.stderr

@@ -25,16 +25,6 @@ def leaf_paths(values: dict, prefix: str = "") -> set[str]:
     return paths
 
 
-def test_readme_head_covers_operations(chart):
-    head = (chart / "README.md").read_text().split("\n## Parameters\n", 1)[0]
-    for command in ("helm install", "helm upgrade", "helm rollback", "helm uninstall", "helm test"):
-        assert command in head, command
-    assert "kubectl --namespace ml-serving port-forward service/bcc-breast-cancer-classifier 3000:80" in head
-    for probe in ("startup", "liveness", "readiness"):
-        assert re.search(rf"^\| {probe} +\| `/", head, re.MULTILINE), probe
-    assert "bash scripts/render-manifests.sh" in head
-
-
 def test_every_value_is_in_the_parameter_tables(chart):
     readme = (chart / "README.md").read_text()
     tables = readme.split("\n## Parameters\n", 1)[1]

@@ -20,26 +20,6 @@ REFUSED = {
         ["--set", "autoscaling.minReplicas=7,autoscaling.maxReplicas=6"],
         "autoscaling.minReplicas (7) exceeds autoscaling.maxReplicas (6)",
     ),
-    "CPU request above the limit": (
-        ["--set", "resources.requests.cpu=1500m,resources.limits.cpu=1"],
-        "resources.requests.cpu (1500m) exceeds resources.limits.cpu (1)",
-    ),
-    "CPU request in cores above a limit in millicores": (
-        ["--set-json", 'resources.requests.cpu=0.75,resources.limits.cpu="500m"'],
-        "resources.requests.cpu (0.75) exceeds resources.limits.cpu (500m)",
-    ),
-    "memory request above the limit": (
-        ["--set", "resources.requests.memory=2Gi,resources.limits.memory=1536Mi"],
-        "resources.requests.memory (2Gi) exceeds resources.limits.memory (1536Mi)",
-    ),
-    "memory request in decimal units above a binary limit": (
-        ["--set", "resources.requests.memory=1.1G,resources.limits.memory=1Gi"],
-        "resources.requests.memory (1.1G) exceeds resources.limits.memory (1Gi)",
-    ),
-    "ephemeral-storage request above the limit": (
-        ["--set", "resources.requests.ephemeral-storage=2Gi,resources.limits.ephemeral-storage=1Gi"],
-        "resources.requests.ephemeral-storage (2Gi) exceeds resources.limits.ephemeral-storage (1Gi)",
-    ),
     "a one-byte memory limit": (
         ["--set", "resources.limits.memory=1,resources.requests.memory=1"],
         "resources.limits.memory (1) is below 256Mi, the least the service runs in",
@@ -48,6 +28,10 @@ REFUSED = {
         ["--set", "resources.limits.memory=255Mi,resources.requests.memory=128Mi"],
         "resources.limits.memory (255Mi) is below 256Mi",
     ),
+    "a decimal memory limit below the binary floor": (
+        ["--set", "resources.limits.memory=268M,resources.requests.memory=128Mi"],
+        "resources.limits.memory (268M) is below 256Mi",
+    ),
     "no resources at all": (
         ["--set", "resources=null"],
         "resources must be set: resources.limits.cpu decides the number of BentoML workers",
@@ -55,12 +39,28 @@ REFUSED = {
     "no limits": (["--set", "resources.limits=null"], "resources.limits.cpu is required"),
     "no CPU limit": (
         ["--set", "resources.limits.cpu=null"],
-        "resources.limits.cpu is required: the number of BentoML workers (SERVICE_WORKERS) is floor(limits.cpu)",
+        "resources.limits.cpu is required: BentoML starts one worker per whole CPU of the limit",
     ),
     "no memory limit": (["--set", "resources.limits.memory=null"], "resources.limits.memory is required"),
     "grace period not above the pre-stop pause": (
         ["--set", "preStopSleepSeconds=30,terminationGracePeriodSeconds=30"],
         "terminationGracePeriodSeconds must exceed preStopSleepSeconds",
+    ),
+    "a smoke test whose account may not diagnose": (
+        ["--namespace", "ml", "--set", "auth.allowReleaseNamespace=false,auth.allow.diagnosis={clinic/*}"],
+        (
+            "the smoke test calls /predict as ml/x-breast-cancer-classifier-client, which auth.allow.diagnosis "
+            "does not allow"
+        ),
+    ),
+    "a client Job whose account may not diagnose": (
+        [
+            "--namespace",
+            "ml",
+            "--set",
+            "auth.allowReleaseNamespace=false,smokeTest.enabled=false,clientJob.enabled=true",
+        ],
+        "the smoke test calls /predict as ml/x-breast-cancer-classifier-client",
     ),
 }
 
@@ -78,6 +78,20 @@ def test_refused_with_the_reason(helm_run, chart, args, message):
 
 ACCEPTED = {
     "requests equal to the limits": ["--set", "resources.requests.cpu=1,resources.requests.memory=1Gi"],
+    "the smoke test's account allowed by name": [
+        "--namespace",
+        "ml",
+        "--set",
+        "auth.allowReleaseNamespace=false,auth.allow.diagnosis={ml/x-breast-cancer-classifier-client}",
+    ],
+    "only other namespaces allowed, without smoke test": [
+        "--set",
+        "auth.allowReleaseNamespace=false,auth.allow.diagnosis={clinic/*},smokeTest.enabled=false",
+    ],
+    "only other namespaces allowed, without authentication": [
+        "--set",
+        "auth.enabled=false,auth.allowReleaseNamespace=false",
+    ],
     "memory limit at the floor": ["--set", "resources.limits.memory=256Mi,resources.requests.memory=256Mi"],
     "the floor in bytes": [
         "--set-json",

@@ -6,7 +6,6 @@ k8s/runtime-contract.yaml, which the container test checks against the real imag
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -38,16 +37,18 @@ def test_probes_use_the_contract_paths_on_the_named_port(objects, one, config, c
         assert container[probe]["httpGet"] == {"path": path, "port": contract["portName"]}, probe
 
 
-def test_container_port_service_target_and_probes_agree(objects, one, config, contract):
+def test_container_ports_and_service_ports_are_the_contract_ones(objects, one, config, contract):
     docs = objects(config)
     _, _, container = deployment_parts(docs, one)
     assert container["ports"] == [
-        {"name": contract["portName"], "containerPort": contract["port"], "protocol": "TCP"}
+        {"name": contract["portName"], "containerPort": contract["port"], "protocol": "TCP"},
+        {"name": contract["metricsPortName"], "containerPort": contract["metricsPort"], "protocol": "TCP"},
     ]
     service = one(docs, "Service")
     assert service["spec"]["type"] == "ClusterIP"
-    assert [port["targetPort"] for port in service["spec"]["ports"]] == [contract["portName"]]
-    assert [port["name"] for port in service["spec"]["ports"]] == [contract["portName"]]
+    names = [contract["portName"], contract["metricsPortName"]]
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == names
+    assert [port["name"] for port in service["spec"]["ports"]] == names
 
 
 def test_service_selects_the_service_pods_only(objects, one, config):
@@ -157,21 +158,6 @@ def test_env_vars_are_the_contract_ones(objects, one, config, contract):
     assert names - extra <= set(contract["env"]), (
         f"not in the runtime contract: {names - extra - set(contract['env'])}"
     )
-    assert "SERVICE_WORKERS" in names
-
-
-@pytest.mark.parametrize(
-    ("cpu_limit", "workers"),
-    [("100m", 1), ("500m", 1), ("1000m", 1), ("1999m", 1), ("1500m", 1), ("2000m", 2)]
-    + [("1", 1), ("2", 2), (2, 2), (2.5, 2), ("0.5", 1), ("3", 3)],
-)
-def test_service_workers_follow_the_cpu_limit(objects, one, cpu_limit, workers):
-    # The request goes down with it: a request above the limit is refused.
-    limit = f"resources.limits.cpu={json.dumps(cpu_limit)}"
-    docs = objects("default", "--set-json", limit, "--set", "resources.requests.cpu=50m")
-    _, _, container = deployment_parts(docs, one)
-    assert container["resources"]["limits"]["cpu"] == cpu_limit
-    assert env_of(container)["SERVICE_WORKERS"] == str(workers)
 
 
 def test_rollout_never_drops_below_the_desired_count(objects, one, config):
@@ -237,8 +223,8 @@ def test_writable_volumes_hold_what_the_service_writes(objects, one, config, con
     )
 
 
-# Measured on this project's image: /readyz answers 3.4 to 4.7 s after the container starts
-# (../shared/ENVIRONMENT.md); a slower node may take twice that.
+# Measured on this project's image: /readyz answers 3.4 to 4.7 s after the container starts; a
+# slower node may take twice that.
 HEALTHY_START_SECONDS = 2 * 4.7
 
 
@@ -267,17 +253,89 @@ def test_replicas_spread_across_nodes(objects, one, config):
         assert selects(constraint["labelSelector"]["matchLabels"], pod["metadata"]["labels"])
 
 
-def test_service_account_never_mounts_a_token(objects, one, config):
+def contract_default(contract: dict, name: str) -> str:
+    """The default the runtime contract states for an environment variable."""
+    (default,) = re.findall(r"\(default (\S+?)\)", contract["env"][name])
+    return default
+
+
+def test_service_account_token_reaches_only_the_service_container_and_only_with_auth(
+    objects, one, config, contract
+):
+    """No automounted token anywhere. With auth on, the service container alone mounts a projected
+    token of its account for the API server (no audience: the API server's own) and the cluster CA,
+    at the paths the service reads by default, to fetch the token-signing keys."""
     docs = objects(config)
-    _, pod, _ = deployment_parts(docs, one)
-    accounts = [doc for doc in docs if doc["kind"] == "ServiceAccount"]
+    _, pod, container = deployment_parts(docs, one)
+    service_accounts = [
+        doc
+        for doc in docs
+        if doc["kind"] == "ServiceAccount" and "component" not in str(doc["metadata"]["labels"])
+    ]
     if config == "minimal":  # serviceAccount.create false: the namespace's default account
-        assert not accounts and pod["spec"]["serviceAccountName"] == "default"
+        assert not service_accounts and pod["spec"]["serviceAccountName"] == "default"
     else:
-        (account,) = accounts
+        (account,) = service_accounts
         assert account["automountServiceAccountToken"] is False
         assert pod["spec"]["serviceAccountName"] == account["metadata"]["name"]
     assert pod["spec"]["automountServiceAccountToken"] is False
+    projected = {v["name"]: v["projected"]["sources"] for v in pod["spec"]["volumes"] if "projected" in v}
+    if env_of(container)["AUTH_ENABLED"] != "true":
+        assert not projected
+        return
+    (volume,) = projected
+    mount = one_mount(container, volume)
+    assert mount["readOnly"] is True
+    token, ca = projected[volume]
+    assert "audience" not in token["serviceAccountToken"]
+    assert ca["configMap"]["name"] == "kube-root-ca.crt"
+    (item,) = ca["configMap"]["items"]
+    assert item["key"] == "ca.crt"
+    files = {
+        f"{mount['mountPath']}/{token['serviceAccountToken']['path']}",
+        f"{mount['mountPath']}/{item['path']}",
+    }
+    assert files == {
+        contract_default(contract, "AUTH_CREDENTIALS_FILE"),
+        contract_default(contract, "AUTH_CA_FILE"),
+    }
+    assert not {"AUTH_CREDENTIALS_FILE", "AUTH_CA_FILE"} & set(env_of(container))  # the defaults apply
+
+
+def one_mount(container: dict, volume: str) -> dict:
+    (mount,) = [mount for mount in container["volumeMounts"] if mount["name"] == volume]
+    return mount
+
+
+def test_authentication_settings_reach_the_service(objects, one, contract):
+    """Default: on, the Service's name as audience, the release's namespace in every group."""
+    docs = objects("default")
+    env = env_of(deployment_parts(docs, one)[2])
+    groups = ("AUTH_ALLOW_DIAGNOSIS", "AUTH_ALLOW_OUTCOMES", "AUTH_ALLOW_MODEL_DATA")
+    assert env["AUTH_ENABLED"] == "true"
+    assert env["AUTH_AUDIENCE"] == one(docs, "Service")["metadata"]["name"]
+    assert "AUTH_ISSUER" not in env  # discovered by the service
+    assert [env[group] for group in groups] == ["ml-serving/*"] * 3
+    assert float(env["AUTH_JWKS_REFRESH_SECONDS"]) == float(
+        contract_default(contract, "AUTH_JWKS_REFRESH_SECONDS")
+    )
+
+    env = env_of(deployment_parts(objects("all-options"), one)[2])
+    assert env["AUTH_AUDIENCE"] == "classifier.example.com"
+    assert env["AUTH_ISSUER"] == "https://kubernetes.default.svc.cluster.local"
+    assert [env[group].split(",") for group in groups] == [
+        ["ml-serving/*", "clinic/frontend", "ml-serving/batch-scorer"],
+        ["ml-serving/*", "pathology/*"],
+        ["ml-serving/*", "clinic/frontend", "audit/*"],
+    ]
+
+    docs = objects("default", "--set", "auth.allowReleaseNamespace=false,smokeTest.enabled=false")
+    env = env_of(deployment_parts(docs, one)[2])
+    assert [env[group] for group in groups] == ["", "", ""]  # nobody
+
+    env = env_of(deployment_parts(objects("minimal"), one)[2])
+    assert env["AUTH_ENABLED"] == "false"
+    assert not [name for name in env if name.startswith("AUTH_") and name != "AUTH_ENABLED"]
 
 
 def test_image_by_tag_defaults_to_the_app_version(objects, one, chart):
@@ -294,29 +352,118 @@ def test_image_by_digest_and_pull_secrets(objects, one):
 
 def test_optional_objects_are_off_by_default(objects):
     kinds = {doc["kind"] for doc in objects("default")}
-    assert not kinds & {"NetworkPolicy", "ServiceMonitor", "PrometheusRule", "Ingress", "Job"}
+    assert not kinds & {"ServiceMonitor", "PrometheusRule", "Ingress", "Job"}
 
 
-def test_network_policy_admits_only_the_service_port(objects, one):
-    docs = objects("all-options")
+def peer_matches(peer: dict, source: dict, policy_namespace: str) -> bool:
+    """NetworkPolicyPeer semantics: podSelector alone means pods of the policy's namespace;
+    namespaceSelector alone, every pod of the matching namespaces; both, matching pods there."""
+    namespaces, pods = peer.get("namespaceSelector"), peer.get("podSelector")
+    if namespaces is None and pods is None:
+        return False  # an ipBlock: never a pod
+    if namespaces is None and source["namespace"] != policy_namespace:
+        return False
+    labels = {"kubernetes.io/metadata.name": source["namespace"]}
+    if namespaces is not None and not selector_holds(namespaces, labels):
+        return False
+    return pods is None or selector_holds(pods, source.get("labels", {}))
+
+
+def selector_holds(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # the chart's peers use matchLabels only
+    return all(labels.get(key) == value for key, value in (selector.get("matchLabels") or {}).items())
+
+
+def admitted(policy: dict, port: str, source: dict) -> bool:
+    """Whether a NetworkPolicy lets a pod (namespace and labels) connect to the named port."""
+    namespace = policy["metadata"]["namespace"]
+    for rule in policy["spec"].get("ingress") or []:
+        ports = [entry["port"] for entry in rule.get("ports") or []]
+        if ports and port not in ports:
+            continue
+        peers = rule.get("from")
+        if not peers or any(peer_matches(peer, source, namespace) for peer in peers):
+            return True
+    return False
+
+
+NEIGHBOUR = {"namespace": "ml-serving", "labels": {"app": "clinic-app"}}
+CLINIC = {"namespace": "clinic", "labels": {"app": "frontend"}}
+STRANGER = {"namespace": "elsewhere", "labels": {}}
+INGRESS = {"namespace": "ingress-nginx", "labels": {"app.kubernetes.io/name": "ingress-nginx"}}
+PROMETHEUS = {"namespace": "monitoring", "labels": {"app.kubernetes.io/name": "prometheus"}}
+GRAFANA = {"namespace": "monitoring", "labels": {"app.kubernetes.io/name": "grafana"}}
+
+
+@pytest.mark.parametrize(
+    ("values", "source", "api", "metrics"),
+    [
+        # Default: the release's namespace on the API port; the metrics port closed to everyone.
+        ("default", NEIGHBOUR, True, False),
+        ("default", CLINIC, False, False),
+        ("default", PROMETHEUS, False, False),
+        # all-options: auth.allow's namespaces and the ingress controller on the API port, and
+        # only Prometheus' pods on the metrics port.
+        ("all-options", NEIGHBOUR, True, False),
+        ("all-options", CLINIC, True, False),
+        ("all-options", INGRESS, True, False),
+        ("all-options", STRANGER, False, False),
+        ("all-options", PROMETHEUS, False, True),
+        ("all-options", GRAFANA, False, False),
+    ],
+)
+def test_network_policy_admits_each_peer_to_its_port_only(
+    objects, one, values, source, api, metrics, contract
+):
+    docs = objects(values)
     _, pod, _ = deployment_parts(docs, one)
-    policy = one(docs, "NetworkPolicy")["spec"]
-    assert selects(policy["podSelector"]["matchLabels"], pod["metadata"]["labels"])
-    assert policy["policyTypes"] == ["Ingress"]
-    (rule,) = policy["ingress"]
-    assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-    assert len(rule["from"]) == 3
+    policy = one(docs, "NetworkPolicy")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]  # egress (the API server, DNS) stays open
+    assert admitted(policy, contract["portName"], source) is api
+    assert admitted(policy, contract["metricsPortName"], source) is metrics
 
 
-def test_service_monitor_scrapes_the_contract_metrics_path(objects, one, contract):
+def test_the_policy_evaluator_reads_peers_as_kubernetes_does():
+    """Guards the evaluator above on a policy written for it."""
+    policy = {
+        "metadata": {"namespace": "a"},
+        "spec": {
+            "ingress": [
+                {"ports": [{"port": "http"}], "from": [{"podSelector": {"matchLabels": {"x": "1"}}}]},
+                {"ports": [{"port": "metrics"}], "from": [{"namespaceSelector": {}}]},
+            ]
+        },
+    }
+    assert admitted(policy, "http", {"namespace": "a", "labels": {"x": "1"}})
+    assert not admitted(
+        policy, "http", {"namespace": "b", "labels": {"x": "1"}}
+    )  # podSelector: own namespace
+    assert not admitted(policy, "http", {"namespace": "a", "labels": {}})
+    assert admitted(policy, "metrics", {"namespace": "b", "labels": {}})  # empty namespaceSelector: all
+    assert not admitted(policy, "grpc", {"namespace": "a", "labels": {"x": "1"}})
+
+
+def test_network_policy_can_be_left_out(objects):
+    kinds = {doc["kind"] for doc in objects("default", "--set", "networkPolicy.enabled=false")}
+    assert "NetworkPolicy" not in kinds
+
+
+def test_service_monitor_scrapes_the_metrics_port(objects, one, contract):
     docs = objects("all-options")
     monitor = one(docs, "ServiceMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    # A ServiceMonitor selects Services by their labels, then scrapes the named port.
-    assert selects(monitor["spec"]["selector"]["matchLabels"], one(docs, "Service")["metadata"]["labels"])
+    # A ServiceMonitor selects Services by their labels, then scrapes the named Service port.
+    service = one(docs, "Service")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], service["metadata"]["labels"])
     (endpoint,) = monitor["spec"]["endpoints"]
-    assert (endpoint["port"], endpoint["path"]) == (contract["portName"], contract["probes"]["metrics"])
+    assert (endpoint["port"], endpoint["path"]) == (
+        contract["metricsPortName"],
+        contract["probes"]["metrics"],
+    )
+    (port,) = [port for port in service["spec"]["ports"] if port["name"] == endpoint["port"]]
+    assert port["targetPort"] == contract["metricsPortName"]
 
 
 def test_ingress_routes_to_the_service(objects, one):
@@ -335,3 +482,10 @@ def test_names_and_labels_fit_in_63_characters(objects):
         assert all(len(value) <= 63 for value in doc["metadata"]["labels"].values()), doc["metadata"][
             "labels"
         ]
+
+
+def test_the_chart_grants_no_rbac(objects, config):
+    """Reading the signing keys needs only Kubernetes' default system:service-account-issuer-discovery
+    binding, and callers need no permission at all: the chart creates no Role or binding."""
+    kinds = {doc["kind"] for doc in objects(config)}
+    assert not kinds & {"Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}

@@ -69,6 +69,19 @@ REJECTED = {
         "containerSecurityContext.runAsRoot=true",
         "additional properties 'runAsRoot'",
     ),
+    "allow-list entry without a namespace": ('auth.allow.diagnosis=["frontend"]', "/auth/allow/diagnosis/0"),
+    "allow-list entry with capitals": ('auth.allow.outcomes=["Clinic/frontend"]', "/auth/allow/outcomes/0"),
+    "allow-list wildcard for every namespace": ('auth.allow.modelData=["*/*"]', "/auth/allow/modelData/0"),
+    "allow-list as one comma-separated string": ('auth.allow.diagnosis="a/b,c/d"', "/auth/allow/diagnosis"),
+    "unknown route group": ('auth.allow.metrics=["a/*"]', "additional properties 'metrics'"),
+    "audience with a comma": ('auth.audience="a,b"', "/auth/audience"),
+    "auth enabled as a string": ('auth.enabled="yes"', "/auth/enabled"),
+    "the old networkPolicy.from list": ("networkPolicy.from=[]", "additional properties 'from'"),
+    "Prometheus peer that is not a NetworkPolicyPeer": (
+        'networkPolicy.prometheus=[{"namespace":"monitoring"}]',
+        "additional properties 'namespace'",
+    ),
+    "metrics port above 65535": ("service.metricsPort=70000", "/service/metricsPort"),
 }
 
 

@@ -1,8 +1,9 @@
 """The rollout verifier's checks, run on objects rendered from the chart (there is no cluster here).
 
-The live path (API polling, port-forward) runs in the workflow's e2e and deploy jobs; here every
-check gets the Deployment, HPA and PDB that `helm template` renders, plus the status and pods a
-cluster would report, built from that same Deployment.
+The live path (API polling, port-forward, TokenRequest) runs in the workflow's e2e and deploy jobs;
+here every check gets the Deployment, HPA and PDB that `helm template` renders, plus the status and
+pods a cluster would report, built from that same Deployment, and a fake service that enforces the
+Deployment's AUTH_* settings the way the service does.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import json
 import re
 import socket
 import subprocess
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,13 +29,15 @@ from tests.conftest import require_tool
 from wdbc import BENIGN_LABEL, MALIGNANT_LABEL
 
 RELEASE = "breast-cancer-classifier"
+NAMESPACE = "verify-test"
+CLIENT_ACCOUNT = f"{RELEASE}-client"  # the chart's client ServiceAccount for this release
 
 
 @functools.cache
 def render(*helm_args: str) -> dict[str, list[dict]]:
     """The chart's objects by kind, as `helm template` renders them."""
     out = subprocess.run(
-        [require_tool("helm"), "template", RELEASE, CHART, "--namespace", "verify-test", *helm_args],
+        [require_tool("helm"), "template", RELEASE, CHART, "--namespace", NAMESPACE, *helm_args],
         check=True,
         capture_output=True,
         text=True,
@@ -88,6 +94,16 @@ def pod_of(deployment: dict, name: str, ready: bool = True) -> dict:
         "spec": template["spec"],
         "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}]},
     }
+
+
+def with_env_of(deployment: dict, *helm_args: str) -> dict:
+    """The fixture's Deployment (status included) with the env the chart renders for helm_args."""
+    (rendered,) = render(*helm_args)["Deployment"]
+    changed = copy.deepcopy(deployment)
+    changed["spec"]["template"]["spec"]["containers"][0]["env"] = rendered["spec"]["template"]["spec"][
+        "containers"
+    ][0]["env"]
+    return changed
 
 
 def test_rendered_release_passes_every_check(deployment, hpa, pdb):
@@ -255,8 +271,8 @@ def test_unready_pods_are_reported_with_the_probe_and_the_service_reason(deploym
 
 
 def test_a_deployment_without_the_named_port_is_reported(deployment):
-    with pytest.raises(verify.VerificationError, match="no container port named 'metrics'"):
-        verify.http_port(deployment, "metrics")
+    with pytest.raises(verify.VerificationError, match="no container port named 'grpc'"):
+        verify.http_port(deployment, "grpc")
 
 
 @pytest.mark.parametrize(
@@ -345,8 +361,14 @@ def test_without_a_cluster_it_exits_1_with_the_reason(tmp_path, monkeypatch, cap
     assert f"verify: FAILED: release {RELEASE} in prod: ConfigException" in err
 
 
+def env_of(deployment: dict) -> dict[str, str]:
+    return {v["name"]: v.get("value") for v in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 class FakeCluster:
-    """Just the API surface verify() uses, answering with rendered objects."""
+    """Just the API surface verify() uses, answering with rendered objects. Its pods check tokens as
+    the service does with the Deployment's AUTH_* settings: 401 without a token or for another
+    audience, 403 for an account the route group's allow-list does not name."""
 
     def __init__(
         self,
@@ -358,15 +380,38 @@ class FakeCluster:
         pods: list[dict] | None = None,
         events: list[dict] = (),
         logs: dict[str, str] | None = None,
+        enforces_auth: bool = True,
     ):
+        self.namespace = NAMESPACE
         self._deployment, self._by_call = deployment, {"hpa": hpa, "pdb": pdb}
+        self.enforces_auth = enforces_auth
+        self.tokens_issued: list[tuple[str, str]] = []
         self.autoscaling = type("Api", (), {"list_namespaced_horizontal_pod_autoscaler": "hpa"})()
         self.policy = type("Api", (), {"list_namespaced_pod_disruption_budget": "pdb"})()
         self.diagnose = diagnose or (lambda row: MALIGNANT_LABEL if row["radius_mean"] > 15 else BENIGN_LABEL)
         self.served_tag = served_tag
         self._pods = pods
         self._events, self._logs = list(events), logs or {}
-        self.requests: list[tuple[str, str, str]] = []
+        self.requests: list[tuple[str, str, str, str | None]] = []
+
+    def client_account(self) -> str:
+        return CLIENT_ACCOUNT
+
+    def token(self, account: str, audience: str) -> str:
+        self.tokens_issued.append((account, audience))
+        return json.dumps({"sub": f"{self.namespace}/{account}", "aud": audience})
+
+    def auth_status(self, path: str, token: str | None) -> int | None:
+        """The service's answer to the token, or None when it lets the request through."""
+        env = env_of(self._deployment)
+        if not self.enforces_auth or env.get("AUTH_ENABLED") != "true":
+            return None
+        if token is None or json.loads(token)["aud"] != env["AUTH_AUDIENCE"]:
+            return 401
+        group = "AUTH_ALLOW_MODEL_DATA" if path == "/model" else "AUTH_ALLOW_DIAGNOSIS"
+        caller = json.loads(token)["sub"]
+        allowed = env[group].split(",")
+        return None if caller in allowed or f"{caller.split('/')[0]}/*" in allowed else 403
 
     def deployment(self) -> dict:
         return self._deployment
@@ -386,9 +431,17 @@ class FakeCluster:
         return self._logs.get(pod["metadata"]["name"], "")
 
     def request(
-        self, pod: str, port: int, method: str, path: str, payload: dict | None = None
+        self,
+        pod: str,
+        port: int,
+        method: str,
+        path: str,
+        payload: dict | None = None,
+        token: str | None = None,
     ) -> tuple[int, str]:
-        self.requests.append((pod, method, path))
+        self.requests.append((pod, method, path, token))
+        if status := self.auth_status(path, token):
+            return status, json.dumps({"error": "unauthorized" if status == 401 else "forbidden"})
         if (method, path) == ("GET", "/model"):
             return 200, json.dumps({"tag": self.served_tag})
         assert (method, path) == ("POST", "/predict"), (method, path)
@@ -406,7 +459,7 @@ def test_verify_runs_every_check_on_a_release(deployment, hpa, pdb, capsys, with
     # The chart's default sets no MODEL_TAG: the served model is reported, not compared.
     assert out.count("serves model breast_cancer:abc123 (the Deployment sets no MODEL_TAG") == replicas
     port = verify.http_port(deployment)
-    assert {(method, path) for _, method, path in cluster.requests} == {
+    assert {(method, path) for _, method, path, _ in cluster.requests} == {
         ("GET", "/model"),
         ("POST", "/predict"),
     }
@@ -419,18 +472,8 @@ def test_verify_fails_on_a_wrong_answer(deployment, hpa, pdb):
         verify.verify(cluster, timeout=1, poll=0)
 
 
-def with_model_tag(deployment: dict, tag: str) -> dict:
-    """The fixture's Deployment (status included) with the env the chart renders for modelTag=tag."""
-    (rendered,) = render("--set", f"modelTag={tag}")["Deployment"]
-    changed = copy.deepcopy(deployment)
-    changed["spec"]["template"]["spec"]["containers"][0]["env"] = rendered["spec"]["template"]["spec"][
-        "containers"
-    ][0]["env"]
-    return changed
-
-
 def test_verify_fails_when_a_pod_serves_another_model(deployment, hpa, pdb):
-    deployment = with_model_tag(deployment, "breast_cancer:abc123")
+    deployment = with_env_of(deployment, "--set", "modelTag=breast_cancer:abc123")
     cluster = FakeCluster(deployment, hpa, pdb, served_tag="breast_cancer:0ld")
     message = f"pod {RELEASE}-5d4f-0: serves model breast_cancer:0ld, not the release's breast_cancer:abc123"
     with pytest.raises(verify.VerificationError, match=re.escape(message)):
@@ -482,3 +525,129 @@ def test_a_rollout_past_its_deadline_names_why_the_pods_are_not_ready(deployment
         match=re.escape(f"slow; pod {name} is not Ready (Running); service log: {MODEL_MISSING}"),
     ):
         verify.verify(cluster, timeout=60, poll=0)
+
+
+# --- Tokens -----------------------------------------------------------------------------------------
+
+
+def test_the_audience_is_the_one_the_chart_renders(deployment):
+    assert verify.auth_audience(deployment) == RELEASE  # the Service's name
+    (custom,) = render("--set", "auth.audience=classifier.example.com")["Deployment"]
+    assert verify.auth_audience(custom) == "classifier.example.com"
+    (off,) = render("--set", "auth.enabled=false")["Deployment"]
+    assert verify.auth_audience(off) is None
+
+
+def test_verify_calls_with_tokens_and_checks_that_calls_without_one_are_refused(deployment, hpa, pdb, capsys):
+    cluster = FakeCluster(deployment, hpa, pdb)
+    verify.verify(cluster, timeout=1, poll=0)
+    out = capsys.readouterr().out
+    replicas = deployment["spec"]["replicas"]
+    assert f"calling as ServiceAccount {NAMESPACE}/{CLIENT_ACCOUNT} with tokens for audience {RELEASE}" in out
+    assert out.count("refuses a call without a token (401)") == replicas
+    assert set(cluster.tokens_issued) == {(CLIENT_ACCOUNT, RELEASE)}
+    # Per pod: one POST /predict without a token, then /model and both rows with one.
+    unauthenticated = [(method, path) for _, method, path, token in cluster.requests if token is None]
+    assert unauthenticated == [("POST", "/predict")] * replicas
+    assert sum(token is not None for *_, token in cluster.requests) == 3 * replicas
+
+
+def test_verify_calls_as_the_account_it_is_given(deployment, hpa, pdb):
+    cluster = FakeCluster(deployment, hpa, pdb)
+    verify.verify(cluster, timeout=1, poll=0, service_account="ops")
+    assert set(cluster.tokens_issued) == {("ops", RELEASE)}
+
+
+def test_without_auth_verify_sends_no_token(deployment, hpa, pdb, capsys):
+    deployment = with_env_of(deployment, "--set", "auth.enabled=false")
+    cluster = FakeCluster(deployment, hpa, pdb)
+    verify.verify(cluster, timeout=1, poll=0)
+    assert not cluster.tokens_issued
+    assert all(token is None for *_, token in cluster.requests)
+    assert "without a token" not in capsys.readouterr().out
+
+
+def test_verify_fails_when_a_pod_answers_without_a_token(deployment, hpa, pdb):
+    cluster = FakeCluster(deployment, hpa, pdb, enforces_auth=False)
+    with pytest.raises(verify.VerificationError, match="without a token answered HTTP 200, not 401"):
+        verify.verify(cluster, timeout=1, poll=0)
+
+
+def test_a_caller_that_is_not_allowed_is_named_with_the_value_to_change(deployment, hpa, pdb):
+    deployment = with_env_of(
+        deployment,
+        "--set",
+        f"auth.allowReleaseNamespace=false,auth.allow.diagnosis={{{NAMESPACE}/{CLIENT_ACCOUNT}}}",
+    )
+    cluster = FakeCluster(deployment, hpa, pdb)
+    message = f"GET /model: {NAMESPACE}/{CLIENT_ACCOUNT} may not call it (HTTP 403): allow it in auth.allow.modelData"
+    with pytest.raises(verify.VerificationError, match=re.escape(message)):
+        verify.verify(cluster, timeout=1, poll=0)
+
+
+def test_a_token_for_another_audience_is_reported(deployment, hpa, pdb):
+    deployment = with_env_of(deployment, "--set", "auth.audience=elsewhere")
+    cluster = FakeCluster(deployment, hpa, pdb)
+    cluster.token = lambda account, audience: json.dumps({"sub": f"{NAMESPACE}/{account}", "aud": "other"})
+    with pytest.raises(
+        verify.VerificationError, match="refused the token of .* for audience elsewhere \\(HTTP 401\\)"
+    ):
+        verify.verify(cluster, timeout=1, poll=0)
+
+
+def test_the_client_account_is_the_one_labelled_for_the_release():
+    accounts = render()["ServiceAccount"]
+    clients = [a for a in accounts if a["metadata"]["labels"].get("app.kubernetes.io/component") == "client"]
+    assert verify.client_account(clients, "s") == CLIENT_ACCOUNT
+    with pytest.raises(verify.VerificationError, match="found none .* pass --service-account"):
+        verify.client_account([], "s")
+
+
+def test_requests_carry_the_token_as_a_bearer_header():
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(
+                (self.headers.get("Authorization"), self.rfile.read(int(self.headers["Content-Length"])))
+            )
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        for token in ("abc.def.ghi", None):
+            with socket.create_connection(server.server_address, timeout=10) as sock:
+                assert verify.request(sock, "POST", "/predict", {"a": 1}, token=token) == (200, "{}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("Bearer abc.def.ghi", b'{"a": 1}'), (None, b'{"a": 1}')]
+
+
+def test_tokens_come_from_the_token_request_api_and_are_reused_until_near_their_end(monkeypatch):
+    """Cluster.token on a stand-in for the client's CoreV1Api, answering with the client's models."""
+    requests = []
+
+    class Core:
+        def create_namespaced_service_account_token(self, name, namespace, body):
+            requests.append((name, namespace, body.spec.audiences, body.spec.expiration_seconds))
+            expires = datetime.now(UTC) + timedelta(seconds=body.spec.expiration_seconds)
+            status = client.V1TokenRequestStatus(token=f"token-{len(requests)}", expiration_timestamp=expires)
+            return client.AuthenticationV1TokenRequest(spec=body.spec, status=status)
+
+    cluster = verify.Cluster.__new__(verify.Cluster)  # no kubeconfig here
+    cluster.namespace, cluster.core, cluster._tokens = NAMESPACE, Core(), {}
+    now = [1000.0]
+    monkeypatch.setattr(verify.time, "monotonic", lambda: now[0])
+    assert cluster.token("caller", "aud") == cluster.token("caller", "aud") == "token-1"
+    assert requests == [("caller", NAMESPACE, ["aud"], verify.TOKEN_SECONDS)]
+    assert cluster.token("caller", "other") == "token-2"  # one per audience
+    now[0] += verify.TOKEN_SECONDS - verify.TOKEN_MARGIN_SECONDS + 1
+    assert cluster.token("caller", "aud") == "token-3"  # renewed before it expires

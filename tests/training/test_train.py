@@ -51,6 +51,11 @@ def test_metadata_records_what_later_stages_need(bundled) -> None:
     # What readiness, drift and explanations need: the training rows and the model's own answers.
     assert run.reference.features.shape == (metadata.lineage.train_rows, len(FEATURE_NAMES))
     np.testing.assert_allclose(run.reference.probabilities, run.model.probabilities(run.reference.features))
+    # The validity domain: fitted on the training part only, every training row within its limits.
+    assert metadata.domain == run.domain_fit.domain
+    assert metadata.domain.calibration.out_of_fold_rows == metadata.lineage.train_rows
+    assert metadata.domain.calibration.held_out_rows == holdout.rows
+    assert metadata.domain.limits_violations(run.reference.features) == []
     assert ModelMetadata.parse(metadata.to_bentoml()) == metadata
 
 
@@ -102,6 +107,8 @@ def test_training_cli_saves_model_and_report(tmp_path: Path) -> None:
         "probabilities.png",
         "threshold.png",
         "coefficients.png",
+        "domain_scores.png",
+        "domain_limits.png",
     )
     for name in ("report.md", "classification_report.txt", *images):
         assert (report_dir / name).stat().st_size > 0
@@ -109,7 +116,12 @@ def test_training_cli_saves_model_and_report(tmp_path: Path) -> None:
     report_md = (report_dir / "report.md").read_text()
     for name in images:
         assert f"]({name})" in report_md
-    for section in ("## Class balance", "## Why the threshold is", "## Standardized coefficients"):
+    for section in (
+        "## Class balance",
+        "## Why the threshold is",
+        "## Standardized coefficients",
+        "## Validity domain",
+    ):
         assert section in report_md
     assert "| all | 455 | 114 | 569 |" in report_md
     assert "almost collinear" in report_md and "average precision" in report_md

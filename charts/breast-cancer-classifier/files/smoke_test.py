@@ -3,7 +3,9 @@
 Waits for GET /readyz to answer 200, then POSTs the malignant example row to /predict and exits
 non-zero unless the answer's diagnosis is "malignant". Standard library only: the service image is
 the only image a cluster can be assumed to have, and nothing may be installed at run time.
-Environment: SERVICE_URL (http://<service>.<namespace>.svc:<port>), EXAMPLE_FILE, TIMEOUT_SECONDS.
+Environment: SERVICE_URL (http://<service>.<namespace>.svc:<port>), EXAMPLE_FILE, TIMEOUT_SECONDS,
+and TOKEN_FILE when the service requires a token: the pod's projected ServiceAccount token, sent as
+`Authorization: Bearer`. It is read at the call, as the kubelet replaces it before it expires.
 """
 
 import json
@@ -15,6 +17,7 @@ import urllib.request
 
 url = os.environ["SERVICE_URL"].rstrip("/")
 deadline = time.monotonic() + float(os.environ.get("TIMEOUT_SECONDS", "120"))
+token_file = os.environ.get("TOKEN_FILE")
 with open(os.environ["EXAMPLE_FILE"], "rb") as example_file:
     example = example_file.read()
 
@@ -31,15 +34,17 @@ while True:
     time.sleep(2)
 print(f"ok: GET {url}/readyz")
 
-request = urllib.request.Request(
-    f"{url}/predict",
-    data=example,
-    headers={"Content-Type": "application/json"},
-    method="POST",
-)
+headers = {"Content-Type": "application/json"}
+if token_file:
+    with open(token_file, encoding="ascii") as token:
+        headers["Authorization"] = f"Bearer {token.read().strip()}"
+request = urllib.request.Request(f"{url}/predict", data=example, headers=headers, method="POST")
 try:
     with urllib.request.urlopen(request, timeout=30) as response:
         answer = json.load(response)
+except urllib.error.HTTPError as error:
+    detail = error.read()[:500].decode(errors="replace")
+    sys.exit(f"FAIL: POST {url}/predict: HTTP {error.code}: {detail}")
 except (OSError, ValueError) as error:
     sys.exit(f"FAIL: POST {url}/predict: {error!r}")
 if not isinstance(answer, dict) or answer.get("diagnosis") != "malignant":

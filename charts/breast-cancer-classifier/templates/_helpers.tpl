@@ -85,28 +85,6 @@ Image reference: repository@digest when a digest is given (immutable), else repo
 {{- end }}
 
 {{/*
-BentoML worker processes: floor(resources.limits.cpu), at least 1, the rule BentoML's own cpu_count
-applies to a cgroup quota (so a 1500m pod never runs 2 workers throttled to 1.5 CPUs). Without this
-BentoML starts one worker per node core.
-*/}}
-{{- define "breast-cancer-classifier.workers" -}}
-{{- max 1 (div (include "breast-cancer-classifier.millicores" .Values.resources.limits.cpu | float64 | int64) 1000) }}
-{{- end }}
-
-{{/*
-A CPU quantity in millicores: "500m" -> 500, "1.5" or 1.5 -> 1500, "2" or 2 -> 2000 (the forms the
-schema admits).
-*/}}
-{{- define "breast-cancer-classifier.millicores" -}}
-{{- $quantity := toString . }}
-{{- if hasSuffix "m" $quantity }}
-{{- trimSuffix "m" $quantity | float64 }}
-{{- else }}
-{{- mulf (float64 $quantity) 1000 }}
-{{- end }}
-{{- end }}
-
-{{/*
 A memory or storage quantity in bytes: "512Mi", "1Gi", "1G", "1.5Gi", "1000" or 1000 (the forms the
 schema admits).
 */}}
@@ -167,9 +145,8 @@ so `helm template`, `helm lint` and `helm install` all stop here.
 {{- fail (printf "resources must be set: resources.limits.cpu decides the number of BentoML workers and resources.limits.memory must be at least %s" (include "breast-cancer-classifier.minMemoryLimit" .)) }}
 {{- end }}
 {{- $limits := index $resources "limits" | default dict }}
-{{- $requests := index $resources "requests" | default dict }}
 {{- if kindIs "invalid" (index $limits "cpu") }}
-{{- fail "resources.limits.cpu is required: the number of BentoML workers (SERVICE_WORKERS) is floor(limits.cpu), and without a limit BentoML would start one worker per node core" }}
+{{- fail "resources.limits.cpu is required: BentoML starts one worker per whole CPU of the limit, and without a limit one per node core, each holding its own copy of the model within the pod's memory limit" }}
 {{- end }}
 {{- if kindIs "invalid" (index $limits "memory") }}
 {{- fail (printf "resources.limits.memory is required (at least %s): without it a leaking or overloaded pod takes memory from its neighbours until the node evicts them" (include "breast-cancer-classifier.minMemoryLimit" .)) }}
@@ -178,21 +155,65 @@ so `helm template`, `helm lint` and `helm install` all stop here.
 {{- if lt (include "breast-cancer-classifier.bytes" $limits.memory | float64) (include "breast-cancer-classifier.bytes" $floor | float64) }}
 {{- fail (printf "resources.limits.memory (%v) is below %s, the least the service runs in: the container would be OOM-killed while it loads the model" $limits.memory $floor) }}
 {{- end }}
-{{- if and (not (kindIs "invalid" (index $requests "cpu"))) (gt (include "breast-cancer-classifier.millicores" $requests.cpu | float64) (include "breast-cancer-classifier.millicores" $limits.cpu | float64)) }}
-{{- fail (printf "resources.requests.cpu (%v) exceeds resources.limits.cpu (%v): Kubernetes refuses a request above its limit" $requests.cpu $limits.cpu) }}
-{{- end }}
-{{- range $resource := list "memory" "ephemeral-storage" }}
-{{- $request := index $requests $resource }}
-{{- $limit := index $limits $resource }}
-{{- if not (or (kindIs "invalid" $request) (kindIs "invalid" $limit)) }}
-{{- if gt (include "breast-cancer-classifier.bytes" $request | float64) (include "breast-cancer-classifier.bytes" $limit | float64) }}
-{{- fail (printf "resources.requests.%s (%v) exceeds resources.limits.%s (%v): Kubernetes refuses a request above its limit" $resource $request $resource $limit) }}
-{{- end }}
-{{- end }}
-{{- end }}
 {{- if ge (int .Values.preStopSleepSeconds) (int .Values.terminationGracePeriodSeconds) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds, or pods are killed before they drain" }}
 {{- end }}
+{{- if and .Values.auth.enabled (or .Values.smokeTest.enabled .Values.clientJob.enabled) }}
+{{- $caller := printf "%s/%s" .Release.Namespace (include "breast-cancer-classifier.clientAccountName" .) }}
+{{- $diagnosis := include "breast-cancer-classifier.allowList" (dict "root" . "group" "diagnosis") | splitList "," }}
+{{- if not (or (has $caller $diagnosis) (has (printf "%s/*" .Release.Namespace) $diagnosis)) }}
+{{- fail (printf "the smoke test calls /predict as %s, which auth.allow.diagnosis does not allow (auth.allowReleaseNamespace is false): add it to auth.allow.diagnosis, or set smokeTest.enabled=false and clientJob.enabled=false" $caller) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The audience tokens must be bound to: auth.audience, else the Service's name.
+*/}}
+{{- define "breast-cancer-classifier.audience" -}}
+{{- .Values.auth.audience | default (include "breast-cancer-classifier.fullname" .) }}
+{{- end }}
+
+{{/*
+One route group's allow-list as the service reads it (comma-separated): the release's namespace when
+auth.allowReleaseNamespace, then auth.allow.<group>. Call with (dict "root" $ "group" <name>).
+*/}}
+{{- define "breast-cancer-classifier.allowList" -}}
+{{- $entries := list }}
+{{- if .root.Values.auth.allowReleaseNamespace }}
+{{- $entries = append $entries (printf "%s/*" .root.Release.Namespace) }}
+{{- end }}
+{{- $entries = concat $entries (index .root.Values.auth.allow .group) | uniq }}
+{{- join "," $entries }}
+{{- end }}
+
+{{/*
+The namespaces auth.allow names other than the release's, which the NetworkPolicy admits to the API port.
+*/}}
+{{- define "breast-cancer-classifier.allowedNamespaces" -}}
+{{- $namespaces := list }}
+{{- range $group, $entries := .Values.auth.allow }}
+{{- range $entries }}
+{{- $namespaces = append $namespaces (first (splitList "/" .)) }}
+{{- end }}
+{{- end }}
+{{- without ($namespaces | uniq | sortAlpha) .Release.Namespace | join "," }}
+{{- end }}
+
+{{/*
+The release's client ServiceAccount, rendered with auth.enabled: the smoke test (helm test Pod and
+client Job) runs as it to present a token, and NOTES' recipe and k8s.verify use it too.
+*/}}
+{{- define "breast-cancer-classifier.clientAccountName" -}}
+{{- printf "%s-client" (include "breast-cancer-classifier.fullname" . | trunc 56 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+Where a client pod's projected token is mounted; clients re-read it before each call, as the kubelet
+replaces it before it expires.
+*/}}
+{{- define "breast-cancer-classifier.clientTokenDir" -}}
+/var/run/secrets/tokens
 {{- end }}
 
 {{/*
@@ -208,7 +229,7 @@ checkov.io/skip3: CKV_K8S_15=pullPolicy IfNotPresent by default so kind-loaded i
 {{- define "breast-cancer-classifier.checkovPodSkips" -}}
 {{ include "breast-cancer-classifier.checkovImageSkips" . }}
 {{- if not .Values.networkPolicy.enabled }}
-checkov.io/skip4: CKV2_K8S_6=The NetworkPolicy is opt-in (networkPolicy.enabled) as it needs an enforcing CNI and the cluster's client namespaces
+checkov.io/skip4: CKV2_K8S_6=The NetworkPolicy is turned off in these values (networkPolicy.enabled is false); the default renders it
 {{- end }}
 {{- end }}
 
@@ -220,7 +241,7 @@ checkov.io/skip6: CKV_K8S_9=A run-to-completion test pod serves nothing a readin
 {{- end }}
 
 {{/*
-The smoke test's files: the script and the malignant example row (generated from bento/features.py).
+The smoke test's files: the script and the malignant example row (generated from wdbc/features.py).
 */}}
 {{- define "breast-cancer-classifier.smokeTestData" -}}
 smoke_test.py: |
@@ -236,7 +257,12 @@ Call with (dict "root" $ "configMap" <name of the ConfigMap holding smokeTestDat
 */}}
 {{- define "breast-cancer-classifier.smokeTestPodSpec" -}}
 {{- $root := .root -}}
+{{- $auth := $root.Values.auth.enabled -}}
 restartPolicy: Never
+{{- if $auth }}
+serviceAccountName: {{ include "breast-cancer-classifier.clientAccountName" $root }}
+{{- end }}
+# The only credential is the projected token below, bound to the service's audience.
 automountServiceAccountToken: false
 enableServiceLinks: false
 {{- with $root.Values.imagePullSecrets }}
@@ -257,6 +283,10 @@ containers:
         value: /smoke-test/malignant-example.json
       - name: TIMEOUT_SECONDS
         value: {{ $root.Values.smokeTest.timeoutSeconds | quote }}
+      {{- if $auth }}
+      - name: TOKEN_FILE
+        value: {{ include "breast-cancer-classifier.clientTokenDir" $root }}/token
+      {{- end }}
     securityContext:
       {{- toYaml $root.Values.containerSecurityContext | nindent 6 }}
     resources:
@@ -265,8 +295,23 @@ containers:
       - name: smoke-test
         mountPath: /smoke-test
         readOnly: true
+      {{- if $auth }}
+      - name: token
+        mountPath: {{ include "breast-cancer-classifier.clientTokenDir" $root }}
+        readOnly: true
+      {{- end }}
 volumes:
   - name: smoke-test
     configMap:
       name: {{ .configMap }}
+  {{- if $auth }}
+  - name: token
+    projected:
+      sources:
+        - serviceAccountToken:
+            audience: {{ include "breast-cancer-classifier.audience" $root | quote }}
+            # The shortest lifetime the API server grants.
+            expirationSeconds: 600
+            path: token
+  {{- end }}
 {{- end }}

@@ -1,0 +1,5 @@
+import sys
+
+from client.predict import main
+
+sys.exit(main())
