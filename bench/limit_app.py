@@ -82,6 +82,7 @@ def _prediction(probability: float) -> dict:
         "threshold": _threshold,
         "model_tag": _tag,
         "warnings": [],
+        "reason": None,
     }
 
 

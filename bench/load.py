@@ -50,7 +50,7 @@ end
 
 function init(args)
   -- Formatted once per thread: request() hands wrk the same bytes every time.
-  prepared = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, payload)
+  prepared = wrk.format("POST", nil, {%(headers)s}, payload)
   sent, answered, sent_at = 0, 0, 0
   latencies, statuses = {}, {}
 end
@@ -134,15 +134,26 @@ def percentile(sorted_values: list[float], q: float) -> float | None:
     return sorted_values[rank - 1]
 
 
-def drive(url: str, body: bytes, connections: int, duration: float, workdir: Path) -> Run:
-    """POST `body` to `url` from `connections` keep-alive connections for `duration` seconds."""
+def drive(
+    url: str,
+    body: bytes,
+    connections: int,
+    duration: float,
+    workdir: Path,
+    headers: dict[str, str] | None = None,
+) -> Run:
+    """POST `body` to `url` from `connections` keep-alive connections for `duration` seconds, with
+    `headers` (ASCII) besides the JSON content type."""
     body_path = workdir / f"body-{len(body)}.json"
     if not body_path.exists():
         body_path.write_bytes(body)
     out = workdir / "wrk-answers.txt"
     out.unlink(missing_ok=True)
     script = workdir / "answers.lua"
-    script.write_text(_SCRIPT % {"body": body_path, "out": out})
+    # JSON's string literals are Lua's too, for ASCII text.
+    fields = {"Content-Type": "application/json", **(headers or {})}
+    lua_headers = ", ".join(f"[{json.dumps(k)}] = {json.dumps(v)}" for k, v in fields.items())
+    script.write_text(_SCRIPT % {"body": body_path, "out": out, "headers": lua_headers})
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     completed = subprocess.run(
         [

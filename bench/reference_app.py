@@ -37,6 +37,7 @@ def _answer(rows: list[dict]) -> list[dict]:
             "threshold": _threshold,
             "model_tag": _tag,
             "warnings": [],
+            "reason": None,
         }
         for p in _pipeline.predict_proba(features)[:, 1].tolist()
     ]

@@ -31,6 +31,7 @@ import numpy as np
 from loguru import logger
 from pydantic import BaseModel, Field
 
+from bento import config
 from bento.metrics import ServiceMetrics
 from wdbc import FEATURE_NAMES, Reference
 
@@ -116,8 +117,6 @@ def holm(p_values: list[float], alpha: float) -> list[bool]:
     return rejected
 
 
-
-
 def _replace(path: Path, write) -> None:
     """Write a shared file whole, so a worker reading it never sees half of another's write."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}")
@@ -182,50 +181,47 @@ class DriftMonitor:
         self,
         directory: Path,
         worker: int,
-        pod_started: float,
         reference: Reference,
         expected_share: float,
-        capacity: int,
-        interval: float,
-        alpha: float,
         metrics: ServiceMetrics,
     ) -> None:
+        import psutil
+
         directory.mkdir(parents=True, exist_ok=True)
-        self.directory, self.pod_started = directory, pod_started
-        self.rows = WorkerRows(directory / f"worker-{worker}.npy", capacity, pod_started)
+        # Files older than this pod's `bentoml serve` are an earlier run's.
+        self.directory, self.pod_started = directory, psutil.Process(os.getppid()).create_time()
+        self.rows = WorkerRows(directory / f"worker-{worker}.npy", config.DRIFT_WINDOW_ROWS, self.pod_started)
         self.report_path = directory / "report.json"
-        self.reference, self.expected_share = reference, expected_share
-        self.capacity, self.interval, self.alpha = capacity, interval, alpha
-        self.metrics = metrics
+        self.reference, self.expected_share, self.metrics = reference, expected_share, metrics
 
     def record(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
         self.rows.record(features, logits, malignant)
 
     def latest(self) -> DriftReport | None:
         try:
-            if self.report_path.stat().st_mtime < self.pod_started:
-                return None
-            return DriftReport.model_validate_json(self.report_path.read_bytes())
+            if self.report_path.stat().st_mtime >= self.pod_started:
+                return DriftReport.model_validate_json(self.report_path.read_bytes())
         except (OSError, ValueError):
-            return None
+            pass
+        return None
 
     def report(self) -> DriftReport:
         """The latest report, evaluated first if it is older than the interval (runs in a thread)."""
         latest = self.latest()
-        if latest is None or time.time() - latest.evaluated_at >= self.interval:
-            return self.evaluate(latest)
+        if latest is None or time.time() - latest.evaluated_at >= config.DRIFT_EVALUATION_SECONDS:
+            return self.evaluate()
         return latest
 
-    def evaluate(self, previous: DriftReport | None = None) -> DriftReport:
-        previous = previous or self.latest()
-        rows, seen = pod_window(self.directory, self.capacity, self.pod_started)
+    def evaluate(self) -> DriftReport:
+        previous = self.latest()
+        rows, seen = pod_window(self.directory, config.DRIFT_WINDOW_ROWS, self.pod_started)
         common = {
             "evaluated_at": time.time(),
             "window_rows": len(rows),
-            "window_capacity": self.capacity,
+            "window_capacity": config.DRIFT_WINDOW_ROWS,
             "rows_seen": seen,
             "reference_rows": len(self.reference.features),
-            "alpha": self.alpha,
+            "alpha": config.DRIFT_ALPHA,
             "method": "two-sample Cramér–von Mises per feature and on the logit, exact binomial test of "
             "the malignant share, Holm correction over all of them",
         }
@@ -233,10 +229,15 @@ class DriftMonitor:
             report = DriftReport(status="collecting", features={}, logit=None, malignant_share=None, **common)
         else:
             features, logit, share, drifted = evaluate(
-                self.reference.features, self.reference.logits, rows[:, :-1], self.expected_share, self.alpha
+                self.reference.features,
+                self.reference.logits,
+                rows[:, :-1],
+                self.expected_share,
+                config.DRIFT_ALPHA,
             )
+            status = "drift" if drifted else "ok"
             report = DriftReport(
-                status="drift" if drifted else "ok",
+                status=status,
                 features=features,
                 logit=logit,
                 malignant_share=share,
@@ -246,14 +247,13 @@ class DriftMonitor:
         _replace(self.report_path, lambda path: path.write_text(report.model_dump_json()))
         publish(report, self.metrics)
         if previous is None or previous.status != report.status:
-            bound = logger.bind(
-                status=report.status,
-                previous_status=previous.status if previous else None,
-                window_rows=report.window_rows,
-                drifted=report.drifted,
+            log = logger.bind(status=report.status, previous_status=previous.status if previous else None,
+                              window_rows=report.window_rows, drifted=report.drifted)  # fmt: skip
+            (log.warning if report.status == "drift" else log.info)(
+                "input drift status is now {}{}",
+                report.status,
+                f": {', '.join(report.drifted)}" * bool(report.drifted),
             )
-            log = bound.warning if report.status == "drift" else bound.info
-            log("input drift status is now {}{}", report.status, f": {', '.join(report.drifted)}" * bool(report.drifted))
         return report
 
 

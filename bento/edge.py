@@ -1,19 +1,15 @@
-"""The edge: each request's first stop in the service, before BentoML parses anything.
+"""The edge: each request's first stop in the service, an ASGI middleware (BentoML's add_asgi_middleware).
 
-An ASGI middleware (BentoML's add_asgi_middleware). Framing (the request line, headers, chunked
-bodies, their limits) is the HTTP parser's (bento/hooks.py); this module decides, for each request:
-1. where it goes: 404 for an unknown path, 405 (with Allow) for a method the path does not take,
-   400 without exactly one Host, 431 past MAX_HEADERS header fields;
-2. who is calling (AUTH_ENABLED): a bearer token the route group's allow-list admits (bento/auth.py);
-3. for an API: the body, read whole within BODY_TIMEOUT_SECONDS and MAX_REQUEST_BYTES, admitted by
-   the work it brings (one unit while computed, one per WEIGHT_BYTES actually received, never what a
-   header declares) against MAX_CONCURRENCY, then checked (bento/requests.py): every refusal is
-   answered here, in the error contract's shape (bento/errors.py), and logged at a bounded rate;
-4. every answer carries X-Request-ID and `Cache-Control: no-store`, and `Connection: close` when
-   the pod drains or when the request's body was left unread (no gigabytes read to be thrown away);
-   each is counted by route and status.
-It also starts the workers' background work on the app's lifespan, and sends a two-row batch through
-the app once a worker has started, to prove hooks 2 and 3 of bento/hooks.py still hold.
+The HTTP parser frames requests (bento/hooks.py); the edge decides, before BentoML parses anything:
+1. where a request goes: 404 for an unknown path, 405 (with Allow) for a method the path does not
+   take, 400 without exactly one Host, 431 past MAX_HEADERS fields or MAX_HEAD_BYTES;
+2. who is calling, when AUTH_ENABLED: a token the route group's allow-list admits (kubeauth/);
+3. for an API, its body: read whole within BODY_TIMEOUT_SECONDS and the route's limit; admitted by
+   the work it brings, never by what its headers declare (one MAX_CONCURRENCY unit while computed, one
+   per WEIGHT_BYTES received); checked (bento/requests.py) and held to the model's hard limits.
+Every refusal is answered here in the error contract's shape and logged at a bounded rate. Every
+answer carries X-Request-ID and `Cache-Control: no-store`, and `Connection: close` when the pod drains
+or the request's body was left unread, so that no connection is kept to read gigabytes for nothing.
 """
 
 from __future__ import annotations
@@ -22,110 +18,105 @@ import asyncio
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import orjson
 from loguru import logger
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bento import config, errors, hooks, requests
-from bento.auth import AUTHENTICATOR, Denied, allows
 from bento.errors import ErrorAnswer
 from bento.logs import CALLER, REQUEST_ID, Rejections
 from bento.metrics import service_metrics
+from kubeauth import Authenticator, Denied, Source, allows
+from wdbc import FEATURE_NAMES
 
-# A client's own X-Request-ID is kept when it looks like an id; anything else gets a fresh one.
-_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
-_STATIC = "/static_content/"  # the Swagger UI's assets, BentoML's static files
-_LOGGED_PATH = 100
-DRAIN_CHECK_SECONDS = 0.1  # often enough to close keep-alive connections well within the preStop pause
-# Set by the edge's start-up round trip: the API does not count or record it.
+_CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-ID is kept when it looks like one
+STATIC = "/static_content/"  # BentoML's static files: the Swagger UI's assets
+# Set around the edge's start-up round trip (bento/hooks.py): the API does not count or record it.
 RECORDING: ContextVar[bool] = ContextVar("recording", default=True)
 
 
 @dataclass(frozen=True)
 class Route:
     methods: frozenset[str]
-    group: str | None = None  # the allow-list (config.AUTH_ALLOW) that admits callers; None: open
-    body: str | None = None  # the kind of JSON body it takes (bento/requests.py), for the APIs
+    group: str | None = None  # the allow-list in config.AUTH_ALLOW admitting callers; None: open to all
+    body: str | None = None  # for an API, the kind of JSON body it takes (bento/requests.py)
     body_limit: int = config.MAX_REQUEST_BYTES
 
 
-ANY_GROUP = "the API description"  # open to every caller admitted by one of the allow-lists
+ANY_GROUP = "any"  # open to every caller one of the allow-lists admits
+# This worker's: the edge asks it who is calling, readiness waits for its keys. None: AUTH_ENABLED is false.
+AUTHENTICATOR = (
+    Authenticator(
+        Source(
+            config.AUTH_AUDIENCE,
+            config.AUTH_ISSUER,
+            config.AUTH_DISCOVERY_URL,
+            config.AUTH_JWKS_URL,
+            config.AUTH_CREDENTIALS_FILE,
+            config.AUTH_CA_FILE,
+            config.AUTH_JWKS_REFRESH_SECONDS,
+        )
+    )
+    if config.AUTH_ENABLED
+    else None
+)
+_STATIC_ROUTE = Route(frozenset({"GET", "HEAD"}))
 
 
 class DrainSwitch:
-    """True once the drain file exists (the chart's preStop hook creates it); checked at most every
-    DRAIN_CHECK_SECONDS, so the per-request cost is a clock read."""
+    """True once DRAIN_FILE exists (the chart's preStop hook creates it); looked for at most every
+    0.1 s, often enough to close keep-alive connections within the preStop pause."""
 
-    def __init__(self, path: Path = config.DRAIN_FILE) -> None:
-        self.path, self._draining, self._checked_at = path, False, 0.0
+    def __init__(self) -> None:
+        self.draining, self.checked_at = False, 0.0
 
     def __bool__(self) -> bool:
-        if not self._draining and time.monotonic() - self._checked_at >= DRAIN_CHECK_SECONDS:
-            self._checked_at = time.monotonic()
-            if self.path.exists():
-                self._draining = True
-                logger.bind(drain_file=str(self.path)).info(
-                    "draining: answering with Connection: close and /readyz 503 until SIGTERM"
-                )
-        return self._draining
+        if not self.draining and time.monotonic() - self.checked_at >= 0.1:
+            self.checked_at = time.monotonic()
+            if config.DRAIN_FILE.exists():
+                self.draining = True
+                logger.info("draining: answering with Connection: close and /readyz 503 until SIGTERM")
+        return self.draining
 
 
 DRAINING = DrainSwitch()
 
 
-class _Reply:
-    """The request's `send`: our headers on the answer, its status kept for the metrics."""
-
-    __slots__ = ("close", "headers", "send", "status")
+class Reply:
+    """The request's `send`: the edge's headers on the answer, its status kept for the metrics."""
 
     def __init__(self, send: Send, request_id: str) -> None:
-        self.send, self.close = send, False
-        self.status: int | None = None  # until the answer starts
+        self.send, self.close, self.status = send, False, None
         self.headers = [(b"x-request-id", request_id.encode()), (b"cache-control", b"no-store")]
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            extra = [*self.headers, *((b"connection", b"close"),) * (self.close or bool(DRAINING))]
-            message = {**message, "headers": [*message.get("headers", ()), *extra]}
+            close = [(b"connection", b"close")] if self.close or DRAINING else []
+            message = {**message, "headers": [*message.get("headers", ()), *self.headers, *close]}
         await self.send(message)
 
     async def error(self, answer: ErrorAnswer) -> None:
         content = answer.content()
-        headers = [
-            (b"content-type", errors.JSON_CONTENT_TYPE.encode()),
-            (b"content-length", str(len(content)).encode()),
-            *answer.headers,
-        ]
+        length = (b"content-length", str(len(content)).encode())
+        headers = [(b"content-type", errors.JSON_CONTENT_TYPE.encode()), length, *answer.headers]
         await self({"type": "http.response.start", "status": answer.status, "headers": headers})
         await self.send({"type": "http.response.body", "body": content})
 
 
 class Edge:
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        routes: dict[str, Route],
-        served: Callable[[], Any],
-        unavailable: Callable[[], str],
-    ) -> None:
-        self.app, self.routes = app, routes
-        self.served = served  # the served model (its validity domain, its answers), or None
-        self.unavailable = unavailable
-        self.authenticator = AUTHENTICATOR
+    def __init__(self, app: ASGIApp, *, routes: dict[str, Route], served: Callable[[], Any]) -> None:
+        self.app, self.routes, self.authenticator = app, routes, AUTHENTICATOR
+        self.served = served  # the served model (bento/api.py), or None while there is none
         self.load = 0  # MAX_CONCURRENCY units held in this worker
         self.metrics = service_metrics()
         self.rejections = Rejections(self.metrics.suppressed.inc)
-        self._counted: dict[tuple[str, int], Any] = {}
-        self._timed: dict[str, Any] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._counters: dict[tuple[str, int], Any] = {}  # labels() costs more than the increment
+        self._timers: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -136,21 +127,19 @@ class Edge:
             await send({"type": "websocket.close", "code": 1008})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        started = time.perf_counter()
-        request_id = _request_id(scope["headers"])
-        tokens = REQUEST_ID.set(request_id), CALLER.set(None)
-        reply = _Reply(send, request_id)
-        path = scope["path"]
-        route = self.routes.get(path)
-        endpoint = path if route is not None else "other"
+        started, path = time.perf_counter(), scope["path"]
+        tokens = REQUEST_ID.set(_request_id(scope["headers"])), CALLER.set(None)
+        reply = Reply(send, REQUEST_ID.get())
+        route = self.routes.get(path) or (_STATIC_ROUTE if path.startswith(STATIC) else None)
+        endpoint = path if path in self.routes else STATIC if route else "other"
         try:
             answer = self._route(scope, route)
-            if answer is None and route.group is not None and self.authenticator is not None:
+            if answer is None and route.group and self.authenticator:
                 answer = await self._authorize(scope, route.group)
-            if answer is None and route.body is not None:
+            if answer is None and route.body:
                 answer = await self._serve_api(scope, receive, reply, route)
             elif answer is None:
-                reply.close = _declares_body(scope["headers"])
+                reply.close = _declares_body(scope["headers"])  # a GET with a body: not read, not kept
                 await self.app(scope, receive, reply)
             if answer is not None:
                 reply.close = reply.close or _declares_body(scope["headers"])
@@ -167,77 +156,83 @@ class Edge:
             return errors.head_too_large(f"{len(headers)} fields; at most {config.MAX_HEADERS}")
         size = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(n) + len(v) for n, v in headers)
         if size > config.MAX_HEAD_BYTES:
-            return errors.head_too_large(f"{size} bytes of request line and headers; at most {config.MAX_HEAD_BYTES}")
+            return errors.head_too_large(
+                f"{size} bytes of request line and headers; at most {config.MAX_HEAD_BYTES}"
+            )
         hosts = sum(1 for name, _ in headers if name == b"host")
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):  # the parser refuses these first
-            return errors.bad_host(hosts)
-        path, method = scope["path"], scope["method"]
+            return errors.bad_request("host", f"expected one Host header, got {hosts}")
         if route is None:
-            if path.startswith(_STATIC) and method in ("GET", "HEAD"):
-                return None
-            return errors.not_found(path)
-        if method not in route.methods:
-            return errors.method_not_allowed(path, method, sorted(route.methods))
+            return errors.not_found(scope["path"])
+        if scope["method"] not in route.methods:
+            return errors.method_not_allowed(scope["path"], scope["method"], sorted(route.methods))
         return None
 
     async def _authorize(self, scope: Scope, group: str) -> ErrorAnswer | None:
-        authorization = [value for name, value in scope["headers"] if name == b"authorization"]
         try:
-            identity = await self.authenticator.identify(authorization)
+            identity = await self.authenticator.identify(
+                [v for n, v in scope["headers"] if n == b"authorization"]
+            )
+            lists = config.AUTH_ALLOW.values() if group == ANY_GROUP else [config.AUTH_ALLOW[group]]
+            if not any(allows(allowed, identity) for allowed in lists):
+                raise Denied(403, "forbidden", f"{identity} may not call the {group} endpoints")
         except Denied as denied:
-            self.metrics.auth_denied.labels(reason=denied.reason).inc()
-            if denied.status == 503:
-                return errors.unavailable("authentication", denied.message)
-            if denied.status == 403:
-                return errors.ErrorAnswer(403, "forbidden", (("authorization", denied.message),))
-            return errors.unauthenticated(denied.message)
-        groups = config.AUTH_ALLOW.values() if group == ANY_GROUP else [config.AUTH_ALLOW[group]]
-        if not any(allows(allowed, identity) for allowed in groups):
-            self.metrics.auth_denied.labels(reason="forbidden").inc()
-            return errors.forbidden(str(identity), group)
+            self.metrics.auth_denied.labels(denied.reason).inc()
+            if denied.status == 401:
+                return errors.unauthenticated(denied.message)
+            return (
+                errors.forbidden(denied.message)
+                if denied.status == 403
+                else errors.unavailable("authentication", denied.message)
+            )
         CALLER.set(str(identity))
-        self.metrics.auth_allowed.labels(identity=str(identity)).inc()
+        self.metrics.auth_allowed.labels(str(identity)).inc()
         return None
 
-    async def _serve_api(self, scope: Scope, receive: Receive, reply: _Reply, route: Route) -> ErrorAnswer | None:
+    async def _serve_api(
+        self, scope: Scope, receive: Receive, reply: Reply, route: Route
+    ) -> ErrorAnswer | None:
         model = self.served()
         if model is None:
-            return errors.unavailable("model", self.unavailable())
-        answer = _check_head(scope["headers"], route.body_limit)
-        if answer is not None:
+            return errors.unavailable(
+                "model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
+            )
+        if answer := _check_head(scope["headers"], route.body_limit):
             return answer
-        held = 0  # units this request holds: one per WEIGHT_BYTES received, one more while computed
+        held, size, chunks = 0, 0, []  # held: the units this request holds
         try:
-            chunks: list[bytes] = []
-            size = 0
             async with asyncio.timeout(config.BODY_TIMEOUT_SECONDS):
-                while True:
+                more = True
+                while more:
                     message = await receive()
                     if message["type"] == "http.disconnect":
-                        return errors.ErrorAnswer(400, "client disconnected")
-                    chunk = message.get("body", b"")
-                    size += len(chunk)
+                        return errors.bad_request("body", "the client disconnected")
+                    chunks.append(message.get("body", b""))
+                    size, more = size + len(chunks[-1]), message.get("more_body", False)
                     if size > route.body_limit:
                         reply.close = True
                         return errors.too_large(route.body_limit)
-                    if (units := size // config.WEIGHT_BYTES) > held:
-                        if not self._admit(units - held, held):
+                    if size // config.WEIGHT_BYTES > held:
+                        if not self._admit(size // config.WEIGHT_BYTES - held, held):
                             reply.close = True
                             return errors.overloaded(config.MAX_CONCURRENCY)
-                        held = units
-                    chunks.append(chunk)
-                    if not message.get("more_body", False):
-                        break
+                        held = size // config.WEIGHT_BYTES
             body = b"".join(chunks)
             if not body.strip():
                 return errors.EMPTY_BODY
             if not self._admit(1, held):
                 return errors.overloaded(config.MAX_CONCURRENCY)
             held += 1
-            checked = requests.check(route.body, body, model.domain)
+            checked = requests.check(route.body, body)
             if isinstance(checked, ErrorAnswer):
                 return checked
-            await self._forward(scope, checked, reply)
+            if violations := model.domain.limits_violations(checked.features):
+                for _, column, value, low, _ in violations:
+                    self.metrics.refused.labels(
+                        FEATURE_NAMES[column], "below" if value < low else "above"
+                    ).inc()
+                return requests.refused(route.body, violations)
+            await self.forward(scope, checked, reply)
             return None
         except TimeoutError:
             reply.close = True
@@ -253,7 +248,7 @@ class Edge:
         self.load += units
         return True
 
-    async def _forward(self, scope: Scope, checked: requests.Checked, send: Send) -> None:
+    async def forward(self, scope: Scope, checked: requests.Checked, send: Send) -> None:
         """BentoML's turn, with the checked body (hook 2 of bento/hooks.py takes it from CHECKED)."""
         delivered = False
 
@@ -269,82 +264,44 @@ class Edge:
             async with asyncio.timeout(config.REQUEST_TIMEOUT_SECONDS):
                 await self.app(scope, receive, send)
         except TimeoutError:
-            if isinstance(send, _Reply) and send.status is None:
+            if isinstance(send, Reply) and send.status is None:
                 await send.error(errors.TIMED_OUT)
         finally:
             requests.CHECKED.reset(token)
 
+    def _on_lifespan(self, scope: Scope, send: Send) -> Send:
+        """Once the worker has started: the signing keys kept fresh, and the hooks' round trip."""
+
+        async def send_after(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                if self.authenticator is not None:
+                    self._keys = asyncio.ensure_future(self.authenticator.keep_keys_fresh())
+                if (model := self.served()) is not None:
+                    await hooks.check_round_trip(self, scope, model)
+            elif message["type"] == "lifespan.shutdown.complete" and hasattr(self, "_keys"):
+                self._keys.cancel()
+            await send(message)
+
+        return send_after
+
     def _log(self, scope: Scope, answer: ErrorAnswer) -> None:
-        level = "WARNING" if answer.status < 500 or answer.status in (503, 504) else "ERROR"
         self.rejections.log(
-            level,
+            "ERROR" if answer.status in (500, 501) else "WARNING",
             "rejected request",
             status=answer.status,
             method=scope["method"],
-            path=errors.cut(scope["path"], _LOGGED_PATH),
+            path=errors.cut(scope["path"], 100),
             error=errors.cut(answer.error),
-            fields=[errors.cut(field, _LOGGED_PATH) for field, _ in answer.detail[:10]],
+            fields=[errors.cut(field, 100) for field, _ in answer.detail[:10]],
         )
 
     def _count(self, endpoint: str, status: int, seconds: float) -> None:
-        # Looked up once per label set: labels() costs more than the increment.
-        if (counter := self._counted.get((endpoint, status))) is None:
-            counter = self._counted[endpoint, status] = self.metrics.requests.labels(endpoint, str(status))
-        if (timer := self._timed.get(endpoint)) is None:
-            timer = self._timed[endpoint] = self.metrics.latency.labels(endpoint)
+        if (counter := self._counters.get((endpoint, status))) is None:
+            counter = self._counters[endpoint, status] = self.metrics.requests.labels(endpoint, str(status))
+        if (timer := self._timers.get(endpoint)) is None:
+            timer = self._timers[endpoint] = self.metrics.latency.labels(endpoint)
         counter.inc()
         timer.observe(seconds)
-
-    def _on_lifespan(self, scope: Scope, send: Send) -> Send:
-        async def send_after_start(message: Message) -> None:
-            if message["type"] == "lifespan.startup.complete":
-                if self.authenticator is not None:
-                    self._start(self.authenticator.keep_keys_fresh())
-                if (model := self.served()) is not None:
-                    try:
-                        await self.self_test(scope, model)
-                    except Exception as error:  # noqa: BLE001 (a broken hook must leave the worker up and unready)
-                        hooks.failed(hooks.RESPONSE, f"the start-up round trip failed: {type(error).__name__}: {error}")
-            elif message["type"] == "lifespan.shutdown.complete":
-                for task in self._tasks:
-                    task.cancel()
-            await send(message)
-
-        return send_after_start
-
-    def _start(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def self_test(self, lifespan: Scope, model: Any, path: str = "/predict_batch") -> None:
-        """A two-row batch through the app as a client's would go, compared with the model's own answers."""
-        from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
-
-        body = orjson.dumps({"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]})
-        checked = requests.check(self.routes[path].body, body, model.domain)
-        scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-            "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-            "headers": [(b"host", b"self-test"), (b"content-type", b"application/json")],
-            "client": None, "server": None, "state": {}, "app": lifespan.get("app"),
-        }  # fmt: skip
-        messages: list[Message] = []
-
-        async def collect(message: Message) -> None:
-            messages.append(message)
-
-        reused, token = requests.reused, RECORDING.set(False)
-        try:
-            await self._forward(scope, checked, collect)
-        finally:
-            RECORDING.reset(token)
-        status = next((m["status"] for m in messages if m["type"] == "http.response.start"), None)
-        content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        if requests.reused == reused:
-            hooks.failed(hooks.PARSE, "BentoML built the batch's input without the request model's model_validate_json")
-        if status != 200 or orjson.loads(content) != {"predictions": model.answers(checked.features)}:
-            hooks.failed(hooks.RESPONSE, f"the batch answered {status}: {content[:300]!r}")
 
 
 def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -355,22 +312,21 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
 
 
 def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any((name == b"content-length" and value != b"0") or name == b"transfer-encoding" for name, value in headers)
+    return any(
+        (name == b"content-length" and value != b"0") or name == b"transfer-encoding"
+        for name, value in headers
+    )
 
 
 def _check_head(headers: list[tuple[bytes, bytes]], limit: int) -> ErrorAnswer | None:
     """What the headers alone say about an API request's body."""
-    length = content_type = None
-    for name, value in headers:
-        if name == b"content-length":
-            length = value
-        elif name == b"content-type":
-            content_type = value
+    fields = {name: value for name, value in headers if name in (b"content-length", b"content-type")}
+    length = fields.get(b"content-length")
     if length == b"0":
         return errors.EMPTY_BODY
-    media_type = (content_type or b"").split(b";")[0].strip().decode("latin-1").lower()
+    media_type = fields.get(b"content-type", b"").split(b";")[0].strip().decode("latin-1").lower()
     if media_type != errors.JSON_CONTENT_TYPE:
         return errors.unsupported_media_type(media_type[:100])
-    if length is not None and int(length) > limit:  # the parser has checked it is a number
+    if length is not None and int(length) > limit:  # the parser has made sure it is a number
         return errors.too_large(limit)
     return None

@@ -3,10 +3,10 @@
 Every error answer is small JSON of one shape,
     {"error": "<short message>", "detail": [{"field": "<name or path>", "message": "..."}]},
 with at most MAX_LISTED_PROBLEMS entries in `detail` (then a last entry says how many there were)
-and every field and message cut to MAX_TEXT characters. bento/edge.py gives these answers before a
-request reaches BentoML; the OpenAPI document (bento/openapi.py) and docs/api.md list STATUSES.
-Framing the HTTP parser itself refuses (a header block over 16 KiB, a malformed request line or chunk)
-gets the parser's plain-text 400 and a closed connection.
+and every field and message cut to MAX_TEXT characters. The edge (bento/edge.py) gives these answers
+before a request reaches BentoML; the OpenAPI document and docs/api.md list STATUSES. Framing the
+HTTP parser refuses itself (a malformed request line, header or chunk) gets its plain-text 400 and a
+closed connection.
 """
 
 from __future__ import annotations
@@ -22,24 +22,21 @@ from bento import config
 JSON_CONTENT_TYPE = "application/json"
 MAX_LISTED_PROBLEMS = 20
 MAX_TEXT = 200
-
 STATUSES: dict[int, str] = {
-    400: "the body is not JSON (RFC 8259: no NaN or Infinity), or is empty; or the request has no or two Host headers",
+    400: "the body is not JSON (RFC 8259: no NaN or Infinity) or is empty, or there is not exactly one Host header",
     401: "no valid bearer token: missing, malformed, expired, for another audience or issuer, or badly signed",
     403: "a valid token of a caller that is not allowed on this path",
     404: "no such path (a trailing slash is a different path; there are no redirects)",
     405: "the path exists, the method does not; the Allow header lists the methods",
     408: "the body did not arrive within BODY_TIMEOUT_SECONDS (e.g. shorter than its Content-Length)",
-    413: f"the body is larger than the limit (MAX_REQUEST_BYTES; {config.SINGLE_ROW_BYTES} bytes for a single row)",
+    413: f"the body is larger than MAX_REQUEST_BYTES ({config.SINGLE_ROW_BYTES} bytes for a single row)",
     415: "the Content-Type of a POST is not application/json",
-    422: "well-formed JSON that is invalid: each problem names its field (batch rows by index), "
-    "a value outside the model's validity domain and a duplicate key included",
-    431: f"more than MAX_HEADERS ({config.MAX_HEADERS}) header fields, or a request line and headers over "
-    f"{config.MAX_HEAD_BYTES} bytes",
+    422: "well-formed JSON that is invalid: each problem names its field (batch rows by index), a duplicate "
+    "key or a value outside the model's validity domain included",
+    431: f"more than MAX_HEADERS header fields, or a request line and headers over {config.MAX_HEAD_BYTES} bytes",
     500: "a bug on our side, never something the client sent",
-    501: "the served model cannot be explained feature by feature (it is not linear)",
-    503: "the model is not loaded or the token-signing keys are not (the pod is not ready either), or the "
-    "worker is at MAX_CONCURRENCY: retry after Retry-After",
+    503: "the model or the token-signing keys are not loaded (the pod is not ready either), or the worker is "
+    "at MAX_CONCURRENCY: retry after Retry-After",
     504: "the request took longer than the service's timeout",
 }
 
@@ -73,11 +70,17 @@ class ErrorAnswer:
     def body(self) -> dict[str, Any]:
         return {
             "error": cut(self.error),
-            "detail": [{"field": cut(field), "message": cut(message)} for field, message in self.detail],
+            "detail": [{"field": cut(f), "message": cut(m)} for f, m in self.detail],
         }
 
     def content(self) -> bytes:
         return orjson.dumps(self.body())
+
+
+_RETRY = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
+EMPTY_BODY = ErrorAnswer(400, "empty request body", (("body", "expected a JSON object"),))
+INTERNAL_ERROR = ErrorAnswer(500, "internal server error")
+TIMED_OUT = ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))
 
 
 def problems(detail: list[tuple[str, str]], total: int) -> ErrorAnswer:
@@ -93,11 +96,8 @@ def malformed_json(message: str) -> ErrorAnswer:
     return ErrorAnswer(400, "malformed JSON", (("body", message),))
 
 
-EMPTY_BODY = ErrorAnswer(400, "empty request body", (("body", "expected a JSON object"),))
-
-
-def bad_host(count: int) -> ErrorAnswer:
-    return ErrorAnswer(400, "bad request", (("host", f"expected one Host header, got {count}"),))
+def bad_request(field: str, message: str) -> ErrorAnswer:
+    return ErrorAnswer(400, "bad request", ((field, message),))
 
 
 def head_too_large(message: str) -> ErrorAnswer:
@@ -110,12 +110,8 @@ def not_found(path: str) -> ErrorAnswer:
 
 def method_not_allowed(path: str, method: str, allowed: list[str]) -> ErrorAnswer:
     allow = ", ".join(allowed)
-    return ErrorAnswer(
-        405,
-        "method not allowed",
-        (("method", f"{method} is not allowed on {path}; allowed: {allow}"),),
-        ((b"allow", allow.encode()),),
-    )
+    message = f"{method} is not allowed on {path}; allowed: {allow}"
+    return ErrorAnswer(405, "method not allowed", (("method", message),), ((b"allow", allow.encode()),))
 
 
 def body_timeout(seconds: float) -> ErrorAnswer:
@@ -133,17 +129,18 @@ def unsupported_media_type(got: str) -> ErrorAnswer:
 
 
 def unauthenticated(message: str) -> ErrorAnswer:
-    challenge = b'Bearer error="invalid_token"' if message != "no bearer token" else b"Bearer"
-    return ErrorAnswer(401, "unauthenticated", (("authorization", message),), ((b"www-authenticate", challenge),))
+    challenge = b"Bearer" if message == "no bearer token" else b'Bearer error="invalid_token"'
+    return ErrorAnswer(
+        401, "unauthenticated", (("authorization", message),), ((b"www-authenticate", challenge),)
+    )
 
 
-def forbidden(identity: str, group: str) -> ErrorAnswer:
-    return ErrorAnswer(403, "forbidden", (("authorization", f"{identity} may not call the {group} endpoints"),))
+def forbidden(message: str) -> ErrorAnswer:
+    return ErrorAnswer(403, "forbidden", (("authorization", message),))
 
 
 def unavailable(what: str, message: str) -> ErrorAnswer:
-    retry = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
-    return ErrorAnswer(503, f"{what} unavailable", ((what, message),), retry)
+    return ErrorAnswer(503, f"{what} unavailable", ((what, message),), _RETRY)
 
 
 def overloaded(limit: int) -> ErrorAnswer:
@@ -151,13 +148,4 @@ def overloaded(limit: int) -> ErrorAnswer:
         f"this worker is at its limit of {limit} (a request counts one while computed plus one per "
         f"{config.WEIGHT_BYTES // 1024} KiB of body received); retry after {config.RETRY_AFTER_SECONDS} s"
     )
-    retry = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
-    return ErrorAnswer(503, "overloaded", (("request", message),), retry)
-
-
-def not_explainable(reason: str) -> ErrorAnswer:
-    return ErrorAnswer(501, "explanations unavailable", (("model", reason),))
-
-
-INTERNAL_ERROR = ErrorAnswer(500, "internal server error")
-TIMED_OUT = ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))
+    return ErrorAnswer(503, "overloaded", (("request", message),), _RETRY)

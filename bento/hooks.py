@@ -1,37 +1,36 @@
 """Every place the service relies on a library's internals rather than its public API: what, why,
-and the check, at each worker's start, that it is still in effect after an upgrade.
+and the check, in each worker, that it still holds after an upgrade.
 
-1. The HTTP protocol. BentoML starts uvicorn with `http="auto"` and has no setting for the protocol,
-   and uvicorn's "auto" means httptools when it is installed. httptools mishandles bodies after an
-   `Upgrade: h2c` offer (what Java clients send) and puts no bound on a request's header block.
-   uvicorn's h11 protocol frames requests strictly (chunked bodies, one Host, trailers kept apart,
-   a 16 KiB head) but waits forever for a head that arrives slowly or never. `install()` points
-   uvicorn's "auto" name at `DeadlineH11Protocol`, h11 plus that deadline. Checked: each connection
-   marks the protocol in use, so `missing()` names it until a request (the first readiness probe)
-   has arrived through it.
-2. BentoML's JSON input. BentoML builds an API's input by calling the input model's
-   `model_validate_json(body)`. The edge (bento/edge.py) has already parsed and checked that body,
-   so the request models (bento/requests.py) take the edge's result instead of validating the body a
-   second time, which for a 1000-row batch halves the throughput. Without the hook pydantic would
-   validate the body again: slower, not wrong.
-3. BentoML passes a Starlette Response returned by an API through unchanged: the APIs render their
-   answers with orjson (1000 pydantic Prediction objects cost ten times the whole render).
-   Checked for 2 and 3 together: the edge sends a two-row batch through the app when a worker
-   starts (`Edge.self_test`) and records here what did not round-trip.
+1. The HTTP protocol. BentoML starts uvicorn with `http="auto"` and has no setting for it, and
+   uvicorn's "auto" is httptools when that is installed: httptools drops the body after an
+   `Upgrade: h2c` offer (what Java clients send) and does not bound a request's head. uvicorn's h11
+   protocol frames strictly (chunked bodies, one Host, trailers kept apart, a 16 KiB head) but waits
+   forever for a head that never ends. `install()` points "auto" at DeadlineH11Protocol, h11 with a
+   deadline for the head. Checked: each connection marks it in use; until one has (the first
+   readiness probe), `missing()` names it.
+2. BentoML's JSON input. BentoML builds an API's input with the input model's
+   `model_validate_json(body)`. The edge has parsed and checked that body already, so the request
+   models (bento/requests.py) take the edge's result: validating a 1000-row batch again halves the
+   batch throughput. Without the hook pydantic validates again: slower, not wrong.
+3. BentoML passes a Starlette Response an API returns through unchanged, so the APIs render with
+   orjson (building 1000 pydantic answers costs more than all the rest of a batch's answer).
+   2 and 3 are checked by `check_round_trip`: once a worker has started, a two-row batch goes through
+   the app as a client's would and must come back as the model's own answers.
 
-`missing()` is part of readiness (bento/api.py): a worker with a hook out of effect stays unready
-and its log names the hook.
+A worker with a hook out of effect stays unready (bento/api.py), and its log names the hook.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import h11
+import orjson
 from uvicorn.protocols.http import auto
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bento import config
+from bento import config, requests
 
 PROTOCOL = "uvicorn's HTTP protocol (bento.hooks.DeadlineH11Protocol)"
 PARSE = "BentoML's JSON input parsing (the request models' model_validate_json)"
@@ -53,8 +52,8 @@ class DeadlineH11Protocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._cancel_deadline()
+        if self.conn.their_state is not h11.IDLE and self._deadline is not None:
+            self._deadline.cancel()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -62,21 +61,16 @@ class DeadlineH11Protocol(H11Protocol):
             self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_deadline()
+        if self._deadline is not None:
+            self._deadline.cancel()
         super().connection_lost(exc)
 
     def _await_head(self) -> None:
-        self._cancel_deadline()
-        if not self.transport.is_closing():
-            self._deadline = self.loop.call_later(config.HEADER_TIMEOUT_SECONDS, self._close_if_no_head)
-
-    def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-            self._deadline = None
+        self._deadline = self.loop.call_later(config.HEADER_TIMEOUT_SECONDS, self._close_without_head)
 
-    def _close_if_no_head(self) -> None:
-        self._deadline = None
+    def _close_without_head(self) -> None:
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
             self.transport.close()
 
@@ -85,13 +79,43 @@ def install() -> None:
     auto.AutoHTTPProtocol = DeadlineH11Protocol
 
 
-def failed(hook: str, why: str) -> None:
-    _failed[hook] = why
-
-
 def missing() -> dict[str, str]:
     """The hooks not in effect in this worker, each with why."""
     found = dict(_failed)
     if not DeadlineH11Protocol.in_use:
         found[PROTOCOL] = "no connection has come through it: uvicorn no longer resolves http='auto' to it"
     return found
+
+
+async def check_round_trip(edge: Any, lifespan: dict[str, Any], model: Any) -> None:
+    """Hooks 2 and 3: a two-row batch through the app, compared with the model's own answers."""
+    from bento.edge import RECORDING  # the edge imports this module
+    from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
+
+    checked = requests.check(requests.BATCH, orjson.dumps({"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]}))
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": "/predict_batch", "raw_path": b"/predict_batch", "root_path": "", "query_string": b"",
+        "headers": [(b"host", b"self"), (b"content-type", b"application/json")], "client": None, "server": None,
+        "state": {}, "app": lifespan.get("app"),
+    }  # fmt: skip
+    messages: list[dict[str, Any]] = []
+
+    async def collect(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    reused, recording = requests.reused, RECORDING.set(False)
+    try:
+        await edge.forward(scope, checked, collect)
+        status = next(m["status"] for m in messages if m["type"] == "http.response.start")
+        answer = orjson.loads(
+            b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        )
+        if answer != {"predictions": model.answers(checked.features)}:
+            _failed[RESPONSE] = f"the batch came back as {status}: {str(answer)[:300]}"
+    except Exception as error:  # noqa: BLE001 (a broken hook leaves the worker up and unready, saying why)
+        _failed[RESPONSE] = f"the round trip failed: {type(error).__name__}: {error}"
+    finally:
+        RECORDING.reset(recording)
+    if requests.reused == reused:
+        _failed[PARSE] = "BentoML built the batch's input without the request model's model_validate_json"

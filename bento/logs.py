@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
@@ -28,8 +29,6 @@ from bento.errors import cut
 
 MAX_MESSAGE = 2000
 REJECTIONS_PER_SECOND = 20
-# A summary's latency percentiles come from at most this many samples per interval.
-_MAX_SAMPLES = 10_000
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
 # uvicorn warns at every `Upgrade: h2c` offer it declines, which some clients make on every request.
@@ -44,13 +43,19 @@ def _json_line(record: dict[str, Any]) -> str:
         "logger": extra.get("logger", record["name"]),
         "message": record["message"],
         "pid": record["process"].id,
-        **{key: value for key, value in extra.items() if key != "logger" and not key.startswith("_") and value is not None},
+        **{
+            key: value
+            for key, value in extra.items()
+            if key != "logger" and not key.startswith("_") and value is not None
+        },
     }
     if record["exception"] is not None:
         import traceback
 
         exception = record["exception"]
-        entry["exception"] = "".join(traceback.format_exception(exception.type, exception.value, exception.traceback))
+        entry["exception"] = "".join(
+            traceback.format_exception(exception.type, exception.value, exception.traceback)
+        )
     # Stored in extra so the format string below needs no escaping of braces.
     extra["_json"] = json.dumps(entry, default=str)
     return "{extra[_json]}\n"
@@ -76,7 +81,9 @@ class _InterceptHandler(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.bind(logger=record.name).opt(exception=record.exc_info).log(level, cut(record.getMessage(), MAX_MESSAGE))
+        logger.bind(logger=record.name).opt(exception=record.exc_info).log(
+            level, cut(record.getMessage(), MAX_MESSAGE)
+        )
 
 
 def configure() -> None:
@@ -87,7 +94,9 @@ def configure() -> None:
     if config.LOG_FILE:
         try:
             os.makedirs(os.path.dirname(config.LOG_FILE) or ".", exist_ok=True)
-            logger.add(config.LOG_FILE, level=config.LOG_LEVEL, format=_json_line, rotation="10 MB", retention=5)
+            logger.add(
+                config.LOG_FILE, level=config.LOG_LEVEL, format=_json_line, rotation="10 MB", retention=5
+            )
         except OSError as error:
             config.fatal(
                 f"LOG_FILE {config.LOG_FILE} cannot be written: {error.strerror or error}",
@@ -128,43 +137,30 @@ class Rejections:
 class PredictionLog:
     """One DEBUG line per prediction (when enabled), and an INFO summary per interval in each worker."""
 
-    def __init__(self, interval: float = config.PREDICTION_SUMMARY_SECONDS) -> None:
-        self.interval = interval
+    def __init__(self) -> None:
         self.each = logger.level(config.LOG_LEVEL).no <= logger.level("DEBUG").no
-        self._reset(time.monotonic())
+        self.since, self.labels, self.latencies = time.monotonic(), Counter(), []
 
-    def _reset(self, now: float) -> None:
-        self.since = now
-        self.requests = self.rows = self.malignant = self.indeterminate = 0
-        self.latencies: list[float] = []
-
-    def record(self, rows: int, malignant: int, indeterminate: int, latency_ms: float) -> None:
+    def record(self, labels: list[str], latency_ms: float) -> None:
         if self.each:
-            logger.bind(rows=rows, malignant=malignant, indeterminate=indeterminate,
-                        latency_ms=round(latency_ms, 3)).debug("predicted")  # fmt: skip
-        self.requests += 1
-        self.rows += rows
-        self.malignant += malignant
-        self.indeterminate += indeterminate
-        if len(self.latencies) < _MAX_SAMPLES:
+            logger.bind(rows=len(labels), **Counter(labels), latency_ms=round(latency_ms, 3)).debug(
+                "predicted"
+            )
+        self.labels.update(labels)
+        if len(self.latencies) < 10_000:  # the summary's percentiles come from at most these
             self.latencies.append(latency_ms)
-        now = time.monotonic()
-        if now - self.since >= self.interval:
-            self._summarise(now)
-
-    def _summarise(self, now: float) -> None:
-        ordered = sorted(self.latencies)
-
-        def percentile(share: float) -> float:
-            return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 3)
-
-        logger.bind(
-            request_id=None,
-            seconds=round(now - self.since, 1),
-            requests=self.requests,
-            rows=self.rows,
-            malignant=self.malignant,
-            indeterminate=self.indeterminate,
-            latency_ms={"p50": percentile(0.5), "p99": percentile(0.99), "max": round(ordered[-1], 3)},
-        ).info("predictions served: {} requests, {} rows, {} malignant", self.requests, self.rows, self.malignant)
-        self._reset(now)
+        if (now := time.monotonic()) - self.since >= config.PREDICTION_SUMMARY_SECONDS:
+            latencies = sorted(self.latencies)
+            logger.bind(
+                request_id=None,  # about no single request
+                seconds=round(now - self.since, 1),
+                requests=len(latencies),
+                rows=sum(self.labels.values()),
+                **self.labels,
+                latency_ms={
+                    f"p{p}": round(latencies[min(len(latencies) - 1, len(latencies) * p // 100)], 3)
+                    for p in (50, 99)
+                }
+                | {"max": round(latencies[-1], 3)},
+            ).info("predictions served: {} requests, {} rows", len(latencies), sum(self.labels.values()))
+            self.since, self.labels, self.latencies = now, Counter(), []

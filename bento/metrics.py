@@ -1,22 +1,20 @@
 """The service's Prometheus metrics, the pod's metrics port, and the cleanup after a dead worker.
 
-BentoML's own request metrics are off (bento/service.py): they label requests by the raw path, so
-every path a client invents became a series. The service counts requests itself, by route, and every
-label here takes values from a fixed set (routes, status codes, feature names, diagnoses, test names,
-the served model's tag, allowed callers), never from what a client sends.
+BentoML's own request metrics are off (bento/service.py): they label requests by the raw path, a
+series for every path a client invents. The edge counts requests by route instead, and every label
+here takes values from a fixed set (routes, status codes, feature names, diagnoses, test names, the
+served model's tag, allowed callers), never from what a client sends.
 
 Workers are separate processes, so prometheus_client runs in multiprocess mode in the directory
-BentoML prepares (PROMETHEUS_MULTIPROC_DIR); the pod's first worker serves the sum of all workers on
-METRICS_PORT. The chart's alert rules and dashboard use these names.
+BentoML prepares (PROMETHEUS_MULTIPROC_DIR), and the pod's first worker serves the sum of all workers
+on METRICS_PORT. The chart's alert rules and dashboard use these names.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from loguru import logger
 
@@ -24,89 +22,78 @@ from bento import config
 
 # cgroup v2 counts the kernel's out-of-memory kills of this container's processes here.
 MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-@dataclass
 class ServiceMetrics:
-    requests: Any
-    latency: Any
-    shed: Any
-    model_ready: Any
-    predictions: Any
-    out_of_range: Any
-    refused: Any
-    outcomes: Any
-    outcome_delay: Any
-    auth_denied: Any
-    auth_allowed: Any
-    suppressed: Any
-    drift_status: Any
-    drift_p_value: Any
-    drift_statistic: Any
-    drift_window_rows: Any
-    drift_malignant_share: Any
-    drift_evaluated_at: Any
+    """Created in the worker, after BentoML has pointed prometheus_client at the multiprocess directory."""
 
-    @classmethod
-    def create(cls) -> ServiceMetrics:
+    def __init__(self) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
-        def drift_gauge(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Any:
-            # Only the pod's first worker evaluates drift: its values are the pod's.
-            return Gauge(name, documentation, list(labels), multiprocess_mode="mostrecent")
+        def drift(name: str, documentation: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(
+                name, documentation, labels, multiprocess_mode="mostrecent"
+            )  # the evaluator's values
 
-        return cls(
-            requests=Counter("http_requests", "Requests answered, by route and status", ["endpoint", "code"]),
-            latency=Histogram(
-                "http_request_duration_seconds", "Time to answer, by route", ["endpoint"], buckets=LATENCY_BUCKETS
-            ),
-            shed=Counter("requests_shed", "Requests answered 503 because the worker was at MAX_CONCURRENCY"),
-            # A pod is ready only if all its live workers are: livemin.
-            model_ready=Gauge(
-                "model_ready",
-                "1 when this worker serves a model that passed its load-time checks",
-                multiprocess_mode="livemin",
-            ),
-            predictions=Counter("predictions", "Rows answered, by diagnosis", ["diagnosis"]),
-            out_of_range=Counter(
-                "out_of_range_features",
-                "Feature values outside the range seen in training (the model extrapolates)",
-                ["feature", "side"],
-            ),
-            refused=Counter(
-                "refused_values", "Feature values refused: outside the model's validity domain", ["feature", "side"]
-            ),
-            outcomes=Counter(
-                "confirmed_outcomes",
-                "Confirmed diagnoses received, by what the served model answers for the row",
-                ["model_tag", "predicted", "confirmed"],
-            ),
-            outcome_delay=Histogram(
-                "confirmed_outcome_delay_seconds",
-                "Time from a prediction to its confirmed diagnosis, for outcomes that give predicted_at",
-                buckets=(3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 90 * 86400),
-            ),
-            auth_denied=Counter("auth_denied", "Requests refused by authentication or authorization", ["reason"]),
-            auth_allowed=Counter("auth_allowed", "Authenticated requests of allowed callers", ["identity"]),
-            suppressed=Counter("log_lines_suppressed", "Rejection log lines left out by the rate limit"),
-            drift_status=drift_gauge("input_drift_status", "1 when the last drift evaluation found drift, else 0"),
-            drift_p_value=drift_gauge("input_drift_p_value", "p-value of each drift test (uncorrected)", ("test",)),
-            drift_statistic=drift_gauge("input_drift_statistic", "statistic of each drift test", ("test",)),
-            drift_window_rows=drift_gauge("input_drift_window_rows", "live rows in the pod's drift window"),
-            drift_malignant_share=drift_gauge(
-                "input_drift_malignant_share", "share of malignant predictions in the drift window"
-            ),
-            drift_evaluated_at=drift_gauge(
-                "input_drift_last_evaluation_timestamp_seconds", "Unix time of the last drift evaluation"
-            ),
+        self.requests = Counter(
+            "http_requests", "Requests answered, by route and status", ["endpoint", "code"]
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time to answer, by route",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
+        self.shed = Counter(
+            "requests_shed", "Requests answered 503 because the worker was at MAX_CONCURRENCY"
+        )
+        # A pod is ready only if all its live workers are: livemin.
+        self.model_ready = Gauge(
+            "model_ready",
+            "1 when this worker serves a model that passed its load-time checks",
+            multiprocess_mode="livemin",
+        )
+        self.predictions = Counter("predictions", "Rows answered, by diagnosis", ["diagnosis"])
+        self.out_of_range = Counter(
+            "out_of_range_features", "Feature values outside the range seen in training", ["feature", "side"]
+        )
+        self.refused = Counter(
+            "refused_values", "Values refused: outside the model's hard limits", ["feature", "side"]
+        )
+        self.outcomes = Counter(
+            "confirmed_outcomes",
+            "Confirmed diagnoses received, by what the served model answers for the row",
+            ["model_tag", "predicted", "confirmed"],
+        )
+        self.outcome_delay = Histogram(
+            "confirmed_outcome_delay_seconds",
+            "Time from a prediction to its confirmed diagnosis, for outcomes that give predicted_at",
+            buckets=tuple(days * 86400 for days in (1 / 24, 1 / 4, 1, 3, 7, 14, 30, 90)),
+        )
+        self.auth_denied = Counter(
+            "auth_denied", "Requests refused by authentication or authorization", ["reason"]
+        )
+        self.auth_allowed = Counter("auth_allowed", "Authenticated requests of allowed callers", ["identity"])
+        self.suppressed = Counter("log_lines_suppressed", "Rejection log lines left out by the rate limit")
+        self.drift_status = drift(
+            "input_drift_status", "1 when the last drift evaluation found drift, else 0"
+        )
+        self.drift_p_value = drift(
+            "input_drift_p_value", "p-value of each drift test (uncorrected)", ("test",)
+        )
+        self.drift_statistic = drift("input_drift_statistic", "statistic of each drift test", ("test",))
+        self.drift_window_rows = drift("input_drift_window_rows", "live rows in the pod's drift window")
+        self.drift_malignant_share = drift(
+            "input_drift_malignant_share", "share of malignant predictions in the window"
+        )
+        self.drift_evaluated_at = drift(
+            "input_drift_last_evaluation_timestamp_seconds", "Unix time of the last drift evaluation"
         )
 
 
 @functools.cache
 def service_metrics() -> ServiceMetrics:
-    """This worker's metrics, created on first use (after BentoML has set up Prometheus' multiprocess mode)."""
-    return ServiceMetrics.create()
+    return ServiceMetrics()
 
 
 def serve_pod_metrics() -> None:
@@ -121,29 +108,21 @@ def serve_pod_metrics() -> None:
 
 
 def forget_dead_workers() -> None:
-    """Remove the gauges of workers that ended without shutting down, and say so.
-
-    Their counters and histograms stay: they are part of the pod's totals, which must never go down.
-    """
+    """Remove the gauges of workers that ended without shutting down, and say so. Their counters and
+    histograms stay: they are part of the pod's totals, which must never go down."""
     directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""))
-    pids = {int(path.stem.rpartition("_")[2]) for path in directory.glob("gauge_*_*.db")}
-    for pid in sorted(pids - {os.getpid()}):
-        if _alive(pid):
+    for pid in sorted({int(path.stem.rpartition("_")[2]) for path in directory.glob("gauge_*_*.db")}):
+        try:
+            os.kill(pid, 0)
+            continue  # alive (this worker included)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
             continue
         for path in directory.glob(f"gauge_*_{pid}.db"):
             path.unlink(missing_ok=True)
         why = "the kernel killed a process of this pod for memory" if _oom_killed() else "killed or crashed"
         logger.bind(previous_pid=pid).warning("a worker (pid {}) ended without shutting down: {}", pid, why)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _oom_killed() -> bool:

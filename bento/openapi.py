@@ -61,7 +61,7 @@ ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
 EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
     400: [errors.malformed_json("unexpected character: line 1 column 42 (char 41)"), errors.EMPTY_BODY],
     401: [errors.unauthenticated("the token has expired")],
-    403: [errors.forbidden("other-namespace/some-app", "diagnosis")],
+    403: [errors.forbidden("other-namespace/some-app may not call the diagnosis endpoints")],
     408: [errors.body_timeout(config.BODY_TIMEOUT_SECONDS)],
     413: [errors.too_large(config.SINGLE_ROW_BYTES)],
     415: [errors.unsupported_media_type("text/plain")],
@@ -76,7 +76,6 @@ EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
         )
     ],
     500: [errors.INTERNAL_ERROR],
-    501: [errors.not_explainable("the served model is not StandardScaler + LogisticRegression")],
     503: [
         errors.unavailable("model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"),
         errors.overloaded(config.MAX_CONCURRENCY),
@@ -94,7 +93,9 @@ def service_version() -> str:
 
 
 def _error_response(status: int) -> dict[str, Any]:
-    examples = {f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])}
+    examples = {
+        f"example {index + 1}": {"value": answer.body()} for index, answer in enumerate(EXAMPLES[status])
+    }
     return {
         "description": errors.STATUSES[status],
         "content": {"application/json": {"schema": {"$ref": ERROR_SCHEMA}, "examples": examples}},
@@ -105,7 +106,9 @@ def _rename_io_descriptors(spec: dict[str, Any]) -> dict[str, Any]:
     """BentoML's `<Model>IODescriptor` copies of our models, named and referenced as the models."""
     schemas = spec["components"]["schemas"]
     for name in [name for name in schemas if name.endswith("IODescriptor")]:
-        schemas.setdefault(name.removesuffix("IODescriptor"), {**schemas[name], "title": name.removesuffix("IODescriptor")})
+        schemas.setdefault(
+            name.removesuffix("IODescriptor"), {**schemas[name], "title": name.removesuffix("IODescriptor")}
+        )
         del schemas[name]
     return json.loads(json.dumps(spec).replace("IODescriptor", ""))
 
@@ -169,7 +172,9 @@ def document(
         for method, operation in spec["paths"][path].items():
             _describe(path, method, operation, routes[path])
     if model_info is not None:
-        spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"] = model_info
+        spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"] = (
+            model_info
+        )
         _add_training_ranges(schemas, model_info)
     spec = _rename_io_descriptors(spec)
     _mark_nullable(spec, nullable)
@@ -178,9 +183,11 @@ def document(
 
 def _describe(path: str, method: str, operation: dict[str, Any], route: Any) -> None:
     responses = {str(status): answer for status, answer in operation.get("responses", {}).items()}
-    operation["responses"] = {"200": {**responses.get("200", {}), "description": ANSWERS.get(path, "the answer")}}
+    operation["responses"] = {
+        "200": {**responses.get("200", {}), "description": ANSWERS.get(path, "the answer")}
+    }
     if method == "post":
-        statuses: tuple[int, ...] = (*API_STATUSES, 501) if path == "/explain" else API_STATUSES
+        statuses: tuple[int, ...] = API_STATUSES
         example = {"instances": [MALIGNANT_EXAMPLE]} if path == "/predict_batch" else MALIGNANT_EXAMPLE
         if path == "/outcomes":
             example = {"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "malignant"}]}

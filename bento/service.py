@@ -55,6 +55,4 @@ BreastCancerClassifier = bentoml.asgi_app(api.info, path="/")(
         tracing={"excluded_urls": [".*"]},
     )(api.BreastCancerClassifier)
 )
-BreastCancerClassifier.add_asgi_middleware(
-    Edge, routes=api.ROUTES, served=api.served, unavailable=api.unavailable_message
-)
+BreastCancerClassifier.add_asgi_middleware(Edge, routes=api.ROUTES, served=api.served)

@@ -99,8 +99,8 @@ def start(command: Sequence[str], port: int, log_path: Path, env: Mapping[str, s
     return Server(f"http://127.0.0.1:{port}", process, log_path)
 
 
-def start_service(bentoml_home: Path, log_path: Path, **env: str) -> Server:
-    """`bentoml serve` of this service on a free port, with its own model store."""
+def start_service(bentoml_home: Path, log_path: Path, service: str = SERVICE, **env: str) -> Server:
+    """`bentoml serve` of this service (or another import path) on a free port, with its own model store."""
     port, metrics_port = free_port(), free_port()
     settings = {
         "BENTOML_HOME": str(bentoml_home),
@@ -110,7 +110,7 @@ def start_service(bentoml_home: Path, log_path: Path, **env: str) -> Server:
         "METRICS_PORT": str(metrics_port),
         **env,
     }
-    server = start(bentoml_serve_command(port), port, log_path, settings)
+    server = start(bentoml_serve_command(port, service), port, log_path, settings)
     server.home = bentoml_home
     server.metrics_url = f"http://127.0.0.1:{settings['METRICS_PORT']}/metrics"
     return server

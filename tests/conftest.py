@@ -19,7 +19,7 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from harness.paths import REPO_ROOT
+from harness.paths import REPO_ROOT, SERVICE
 from harness.servers import Server, serving, start_service
 
 
@@ -75,14 +75,18 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextmanager
 def own_server(
-    model_store: Path, tmp_path_factory: pytest.TempPathFactory, ready: bool = True, **env: str
+    model_store: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    ready: bool = True,
+    service: str = SERVICE,
+    **env: str,
 ) -> Iterator[Server]:
     """`bentoml serve` on its own copy of the store (BentoML empties a home's metrics at every start,
     so servers never share one), stopped afterwards."""
     workdir = tmp_path_factory.mktemp("server")
     home = workdir / "bentoml"
     shutil.copytree(model_store, home, ignore=shutil.ignore_patterns("prometheus_multiproc_dir", "pod-*"))
-    server = start_service(home, workdir / "serve.log", **env)
+    server = start_service(home, workdir / "serve.log", service, **env)
     with serving(server, ready_path="/readyz" if ready else None):
         yield server
 

@@ -6,6 +6,7 @@ import json
 import socket
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import psutil
 
@@ -37,7 +38,12 @@ def request(
 
 
 def chunked(*parts: bytes, trailers: bytes = b"") -> bytes:
-    return b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in parts) + b"0\r\n" + trailers + b"\r\n"
+    return (
+        b"".join(f"{len(part):x}\r\n".encode() + part + b"\r\n" for part in parts)
+        + b"0\r\n"
+        + trailers
+        + b"\r\n"
+    )
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Connection:
         self.sock = socket.create_connection(address(server), timeout=timeout)
         self.buffer = b""
 
-    def __enter__(self) -> Connection:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_: object) -> None:

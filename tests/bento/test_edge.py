@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -36,7 +35,11 @@ SETTINGS = {
     "BODY_TIMEOUT_SECONDS": str(BODY_TIMEOUT),
 }
 ROW = json.dumps(MALIGNANT_EXAMPLE).encode()
-H2C = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA"}
+H2C = {
+    "Connection": "Upgrade, HTTP2-Settings",
+    "Upgrade": "h2c",
+    "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA",
+}
 MiB = 1024 * 1024
 
 
@@ -174,7 +177,11 @@ def test_a_streamed_header_is_cut_off_after_a_bounded_number_of_bytes(edge: Serv
 
 @pytest.mark.parametrize(
     "headers",
-    [{f"X-Field-{i}": "1" for i in range(150)}, {"X-Long": "a" * 20_000}, {f"X-{i}": "a" * 1000 for i in range(40)}],
+    [
+        {f"X-Field-{i}": "1" for i in range(150)},
+        {"X-Long": "a" * 20_000},
+        {f"X-{i}": "a" * 1000 for i in range(40)},
+    ],
     ids=["many-fields", "one-long-field", "long-fields"],
 )
 def test_header_blocks_over_the_limits_get_431(edge: Server, headers: dict[str, str]) -> None:
@@ -228,7 +235,13 @@ def test_a_refused_declared_body_closes_the_connection(edge: Server, path: str) 
 
 def test_a_chunked_body_over_the_limit_gets_413_and_a_close(edge: Server) -> None:
     with Connection(edge) as connection:
-        connection.send(request("POST", "/predict", headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"}))
+        connection.send(
+            request(
+                "POST",
+                "/predict",
+                headers={"Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+            )
+        )
         size = 100 * 1024  # over /predict's 64 KiB, small enough to sit in the socket's buffers
         connection.send(f"{size:x}\r\n".encode() + b"x" * size + b"\r\n")
         answer = connection.answer(timeout=3)
@@ -264,7 +277,10 @@ def _duplicated(text: str, name: str, value: str) -> bytes:
         ),
         (
             "/predict_batch",
-            b'{"instances": [' + ROW + b", " + _duplicated(json.dumps(BENIGN_EXAMPLE), "smoothness_se", "0.1")
+            b'{"instances": ['
+            + ROW
+            + b", "
+            + _duplicated(json.dumps(BENIGN_EXAMPLE), "smoothness_se", "0.1")
             + b"]}",
             "instances[1].smoothness_se",
         ),
@@ -374,6 +390,6 @@ def _everything_once(server: Server) -> None:
     ):
         try:
             exchange(server, raw, timeout=3)
-        except (ConnectionError, TimeoutError, socket.timeout):
+        except (ConnectionError, TimeoutError):
             pass
     assert predicts(server)

@@ -158,20 +158,60 @@ CASES = [
         "rows",
     ),
     ("batch-malformed", "POST", "/predict_batch", '{"instances": [', JSON, 400, "body"),
-    ("batch-boolean", "POST", "/predict_batch", batch_of(with_value("area_mean", "false")), JSON, 422,
-     "instances[0].area_mean"),  # fmt: skip
+    (
+        "batch-boolean",
+        "POST",
+        "/predict_batch",
+        batch_of(with_value("area_mean", "false")),
+        JSON,
+        422,
+        "instances[0].area_mean",
+    ),
     ("batch-row-not-object", "POST", "/predict_batch", batch_of("[1, 2]"), JSON, 422, "instances[0]"),
-    ("batch-deeply-nested", "POST", "/predict_batch", '{"instances": [' + "[" * 900 + "]" * 900 + "]}", JSON, 422,
-     "instances[0]"),  # fmt: skip
-    ("outcomes-bad-label", "POST", "/outcomes",
-     json.dumps({"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "cancer"}]}), JSON, 422,
-     "outcomes[0].diagnosis"),  # fmt: skip
-    ("outcomes-bad-time", "POST", "/outcomes",
-     json.dumps({"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "benign", "predicted_at": "yesterday"}]}),
-     JSON, 422, "outcomes[0].predicted_at"),  # fmt: skip
-    ("outcomes-bad-feature", "POST", "/outcomes",
-     json.dumps({"outcomes": [{"features": {**MALIGNANT_EXAMPLE, "radius_mean": "x"}, "diagnosis": "benign"}]}),
-     JSON, 422, "outcomes[0].features.radius_mean"),  # fmt: skip
+    (
+        "batch-deeply-nested",
+        "POST",
+        "/predict_batch",
+        '{"instances": [' + "[" * 900 + "]" * 900 + "]}",
+        JSON,
+        422,
+        "instances[0]",
+    ),
+    (
+        "outcomes-bad-label",
+        "POST",
+        "/outcomes",
+        json.dumps({"outcomes": [{"features": MALIGNANT_EXAMPLE, "diagnosis": "cancer"}]}),
+        JSON,
+        422,
+        "outcomes[0].diagnosis",
+    ),
+    (
+        "outcomes-bad-time",
+        "POST",
+        "/outcomes",
+        json.dumps(
+            {
+                "outcomes": [
+                    {"features": MALIGNANT_EXAMPLE, "diagnosis": "benign", "predicted_at": "yesterday"}
+                ]
+            }
+        ),
+        JSON,
+        422,
+        "outcomes[0].predicted_at",
+    ),
+    (
+        "outcomes-bad-feature",
+        "POST",
+        "/outcomes",
+        json.dumps(
+            {"outcomes": [{"features": {**MALIGNANT_EXAMPLE, "radius_mean": "x"}, "diagnosis": "benign"}]}
+        ),
+        JSON,
+        422,
+        "outcomes[0].features.radius_mean",
+    ),
     ("unknown-path", "GET", "/no/such/endpoint", None, {}, 404, "path"),
     ("unknown-path-post", "POST", "/predict_many", EXAMPLE_TEXT, JSON, 404, "path"),
     ("get-on-predict", "GET", "/predict", None, {}, 405, "method"),
@@ -236,7 +276,11 @@ def test_values_just_outside_the_training_range_are_answered_flagged_and_counted
     client: httpx.Client, server: Server
 ) -> None:
     stats = client.get("/model").json()["feature_stats"]
-    row = {**BENIGN_EXAMPLE, "area_worst": stats["area_worst"]["max"] * 1.02, "radius_mean": stats["radius_mean"]["min"] * 0.98}
+    row = {
+        **BENIGN_EXAMPLE,
+        "area_worst": stats["area_worst"]["max"] * 1.02,
+        "radius_mean": stats["radius_mean"]["min"] * 0.98,
+    }
     response = client.post("/predict", json=row)
     assert response.status_code == 200
     warnings = response.json()["warnings"]

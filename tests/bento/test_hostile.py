@@ -193,7 +193,9 @@ def test_a_killed_worker_is_logged_and_replaced(model_store: Path, tmp_path_fact
         victim = workers(server)[-1]
         victim.send_signal(signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while not (replaced := [line for line in _lines(server) if "ended without shutting down" in line["message"]]):
+        while not (
+            replaced := [line for line in _lines(server) if "ended without shutting down" in line["message"]]
+        ):
             assert time.monotonic() < deadline, server.log()[-3000:]
             assert httpx.post(f"{server.url}/predict", json=MALIGNANT_EXAMPLE, timeout=30).status_code == 200
             time.sleep(0.2)

@@ -1,18 +1,17 @@
-"""Who may call: Kubernetes ServiceAccount tokens, verified in the worker, and an allow-list per route group.
+"""Who is calling: Kubernetes ServiceAccount tokens verified in-process, and allow-lists of callers.
 
-A caller presents `Authorization: Bearer <token>`, a ServiceAccount token bound to this service's
-audience (`kubectl create token SA --audience AUDIENCE`, or a projected token volume). The token's
-signature is checked with PyJWT against the cluster's token-signing keys, which each worker reads
-from the API server's own /openid/v1/jwks (every ServiceAccount may, through the default
-system:service-account-issuer-discovery binding) and refreshes every AUTH_JWKS_REFRESH_SECONDS: no
-call to the API server per request, so forged tokens cost a signature check and nothing else. A
-token signed by a key the worker does not know yet (a key rotation) makes it refresh early, at most
-once a minute. Verified tokens are remembered until they expire, so a client reusing its token pays
-for the signature once.
+A caller presents `Authorization: Bearer <token>`, a ServiceAccount token bound to the service's
+audience (`kubectl create token SA --audience AUDIENCE`, or a projected token volume). Its signature
+is checked with PyJWT against the cluster's token-signing keys, read from the API server's own
+/openid/v1/jwks (every ServiceAccount may, through the default system:service-account-issuer-discovery
+binding) and refreshed every `refresh_seconds`: no call to the API server per request, so a forged
+token costs a signature check and nothing else. A token signed by a key not known yet (a rotation)
+makes it refresh early, at most once a minute. Verified tokens are remembered until they expire, so a
+client reusing its token pays for the signature once.
 
 Issuer, audience, expiry and not-before are checked, the algorithm against ALGORITHMS (asymmetric
-only: no `none`, no HMAC keyed with a public key). The identity is `namespace/name` from the subject
-`system:serviceaccount:NAMESPACE:NAME`; each route group admits the identities its allow-list names.
+only: no `none`, no HMAC keyed with a public key). The identity is `namespace/name`, from the subject
+`system:serviceaccount:NAMESPACE:NAME`; an allow-list names identities or whole namespaces.
 """
 
 from __future__ import annotations
@@ -22,12 +21,11 @@ import re
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import jwt
 from loguru import logger
-
-from bento import config
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512")
 # Allowed clock difference between the API server and this pod.
@@ -35,7 +33,9 @@ LEEWAY_SECONDS = 10
 EARLY_REFRESH_SECONDS = 60
 MAX_TOKEN_CHARACTERS = 8192
 MAX_REMEMBERED_TOKENS = 1024
-_SUBJECT = re.compile(r"system:serviceaccount:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?):([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)")
+_SUBJECT = re.compile(
+    r"system:serviceaccount:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?):([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)"
+)
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,22 @@ def allows(allowed: frozenset[str], identity: Identity) -> bool:
     return str(identity) in allowed or f"{identity.namespace}/*" in allowed
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where the keys come from and what a token must say."""
+
+    audience: str
+    issuer: str  # empty: the discovery document's
+    discovery_url: str
+    jwks_url: str
+    credentials_file: Path  # a bearer token for the fetches, re-read each time, if the file exists
+    ca_file: Path  # the CA bundle for the fetches, if the file exists; else the system store
+    refresh_seconds: float
+
+
 class Authenticator:
-    def __init__(self) -> None:
+    def __init__(self, source: Source) -> None:
+        self.source = source
         self._keys: _Keys | None = None
         self._remembered: dict[str, tuple[Identity, float]] = {}
         self._refresh = asyncio.Lock()
@@ -80,7 +94,7 @@ class Authenticator:
         """Fetch the keys now, then every AUTH_JWKS_REFRESH_SECONDS (every few seconds while none are loaded)."""
         while True:
             await self.refresh()
-            await asyncio.sleep(config.AUTH_JWKS_REFRESH_SECONDS if self.ready else 2)
+            await asyncio.sleep(self.source.refresh_seconds if self.ready else 2)
 
     async def refresh(self, early: bool = False) -> None:
         """Fetch the keys; `early` (a token with an unknown key) only if no fetch started in the last minute."""
@@ -89,9 +103,9 @@ class Authenticator:
                 return
             self._attempted_at = time.monotonic()
             try:
-                keys = await asyncio.to_thread(_fetch_keys)
+                keys = await asyncio.to_thread(_fetch_keys, self.source)
             except Exception as error:  # noqa: BLE001 (unreachable, refused, malformed: keep the old keys)
-                logger.bind(jwks_url=config.AUTH_JWKS_URL).warning(
+                logger.bind(jwks_url=self.source.jwks_url).warning(
                     "cannot load the token-signing keys ({}: {}); {}",
                     type(error).__name__,
                     str(error)[:300],
@@ -111,7 +125,12 @@ class Authenticator:
             raise Denied(401, "missing", "no bearer token")
         scheme, _, token = authorization[0].decode("latin-1").partition(" ")
         token = token.strip()
-        if len(authorization) > 1 or scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARACTERS:
+        if (
+            len(authorization) > 1
+            or scheme.lower() != "bearer"
+            or not token
+            or len(token) > MAX_TOKEN_CHARACTERS
+        ):
             raise Denied(401, "malformed", "expected one header `Authorization: Bearer <token>`")
         if (known := self._remembered.get(token)) is not None and known[1] > time.time():
             return known[0]
@@ -121,7 +140,7 @@ class Authenticator:
                 token,
                 key.key,
                 algorithms=[key.algorithm_name],
-                audience=config.AUTH_AUDIENCE,
+                audience=self.source.audience,
                 issuer=self._keys.issuer,
                 leeway=LEEWAY_SECONDS,
                 options={"require": ["exp", "iat", "iss", "aud", "sub"]},
@@ -131,7 +150,9 @@ class Authenticator:
         except jwt.ImmatureSignatureError:
             raise Denied(401, "not_yet_valid", "the token is not valid yet") from None
         except jwt.InvalidAudienceError:
-            raise Denied(401, "audience", f"the token is not for the audience {config.AUTH_AUDIENCE}") from None
+            raise Denied(
+                401, "audience", f"the token is not for the audience {self.source.audience}"
+            ) from None
         except jwt.InvalidIssuerError:
             raise Denied(401, "issuer", "the token is from another issuer") from None
         except jwt.InvalidSignatureError:
@@ -168,17 +189,17 @@ class Authenticator:
         return key
 
 
-def _fetch_keys() -> _Keys:
+def _fetch_keys(source: Source) -> _Keys:
     """The issuer and its signing keys, from the API server (blocking: run in a thread)."""
     headers = {"Accept": "application/json"}
-    if config.AUTH_CREDENTIALS_FILE.is_file():
-        headers["Authorization"] = f"Bearer {config.AUTH_CREDENTIALS_FILE.read_text().strip()}"
+    if source.credentials_file.is_file():
+        headers["Authorization"] = f"Bearer {source.credentials_file.read_text().strip()}"
     verify: ssl.SSLContext | bool = True
-    if config.AUTH_CA_FILE.is_file():
-        verify = ssl.create_default_context(cafile=str(config.AUTH_CA_FILE))
+    if source.ca_file.is_file():
+        verify = ssl.create_default_context(cafile=str(source.ca_file))
     with httpx.Client(headers=headers, verify=verify, timeout=5, follow_redirects=False) as client:
-        issuer = config.AUTH_ISSUER or _get(client, config.AUTH_DISCOVERY_URL)["issuer"]
-        keys = jwt.PyJWKSet.from_dict(_get(client, config.AUTH_JWKS_URL))
+        issuer = source.issuer or _get(client, source.discovery_url)["issuer"]
+        keys = jwt.PyJWKSet.from_dict(_get(client, source.jwks_url))
     by_id = {key.key_id: key for key in keys if key.key_id and key.algorithm_name in ALGORITHMS}
     if not by_id:
         raise ValueError(f"no usable key: each needs a kid and one of {', '.join(ALGORITHMS)}")
@@ -194,10 +215,5 @@ def _get(client: httpx.Client, url: str) -> dict:
         raise ValueError(f"{url} answered {len(response.content)} bytes")
     document = response.json()
     if not isinstance(document, dict):
-        raise ValueError(f"{url} did not answer a JSON object")
+        raise TypeError(f"{url} did not answer a JSON object")
     return document
-
-
-# This worker's authenticator (bento/edge.py asks it; readiness waits for its keys), or None when
-# authentication is off.
-AUTHENTICATOR = Authenticator() if config.AUTH_ENABLED else None

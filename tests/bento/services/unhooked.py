@@ -1,0 +1,18 @@
+"""The service as a library upgrade could leave it: each hook of bento/hooks.py undone, chosen by
+UNDO (comma-separated: protocol, parse). `bentoml serve tests.bento.services.unhooked:BreastCancerClassifier`."""
+
+import os
+
+from pydantic import BaseModel
+from uvicorn.protocols.http import auto
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from bento import requests
+from bento.service import BreastCancerClassifier
+
+__all__ = ["BreastCancerClassifier"]
+undo = set(os.environ.get("UNDO", "").split(","))
+if "protocol" in undo:  # uvicorn resolves http="auto" to its own protocol again
+    auto.AutoHTTPProtocol = H11Protocol
+if "parse" in undo:  # BentoML's JSON input no longer goes through the request models' override
+    requests._Checked.model_validate_json = classmethod(BaseModel.model_validate_json.__func__)
