@@ -245,27 +245,27 @@ SCENARIOS = {
     # where it misses one in 51. False alarms (benign confirmed, answered malignant) never count.
     "malignantRecall": (
         [
-            outcomes("malignant", "malignant", "0+3x120"),
-            outcomes("benign", "malignant", "0+1x120"),
-            outcomes("benign", "benign", "0+10x120"),
+            outcomes("malignant", "malignant", "0+30x120"),
+            outcomes("benign", "malignant", "0+10x120"),
+            outcomes("benign", "benign", "0+100x120"),
         ],
         [
-            outcomes("malignant", "malignant", "0+50x120"),
-            outcomes("benign", "malignant", "0+1x120"),
-            outcomes("malignant", "benign", "0+20x120"),
+            outcomes("malignant", "malignant", "0+500x120"),
+            outcomes("benign", "malignant", "0+10x120"),
+            outcomes("malignant", "benign", "0+200x120"),
         ],
     ),
     # Indeterminate answers are neither hits nor misses: they do not rescue a model that misses
     # cases, nor sink one that finds them.
     "malignantRecall-indeterminate": (
         [
-            outcomes("malignant", "malignant", "0+3x120"),
-            outcomes("benign", "malignant", "0+1x120"),
+            outcomes("malignant", "malignant", "0+30x120"),
+            outcomes("benign", "malignant", "0+10x120"),
             outcomes("indeterminate", "malignant", "0+100x120"),
         ],
         [
-            outcomes("malignant", "malignant", "0+50x120"),
-            outcomes("benign", "malignant", "0+1x120"),
+            outcomes("malignant", "malignant", "0+500x120"),
+            outcomes("benign", "malignant", "0+10x120"),
             outcomes("indeterminate", "malignant", "0+100x120"),
         ],
     ),
@@ -350,6 +350,7 @@ def test_recall_alert_fires_exactly_when_the_wilson_bound_is_below_the_floor(
 ):
     """Counts received in one burst inside the window; the bound decides, as scipy computes it."""
     z, floor = RECALL["z"], RECALL["floor"]
+    minimum = "prometheusRule.alerts.malignantRecall.minCount=100"  # the cases below reach it
     expected = wilson_lower(found, answered, z) < floor
     stream = [
         outcomes("malignant", "malignant", f"0x10 {found}x110"),
@@ -358,7 +359,7 @@ def test_recall_alert_fires_exactly_when_the_wilson_bound_is_below_the_floor(
     failure = promtool_test(
         promtool,
         tmp_path,
-        rendered_rule_spec("--set", ",".join(IMMEDIATE_ALERTS)),
+        rendered_rule_spec("--set", ",".join([*IMMEDIATE_ALERTS, minimum])),
         stream,
         ALERTS["malignantRecall"],
         expected,
