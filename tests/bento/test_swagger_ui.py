@@ -1,5 +1,6 @@
 """The Swagger UI in a real browser: Playwright drives Debian's chromium (never a downloaded browser)
-through the page a newcomer opens first, runs the shipped example and an invalid body."""
+through the page a newcomer opens first, runs the shipped example and an invalid body, and, with
+authentication on, gives the page a token."""
 
 from __future__ import annotations
 
@@ -25,17 +26,22 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def page(server: Server) -> Iterator:
+def browser() -> Iterator:
     chromium = require_tool("chromium", "apt-get install chromium (.ci/run does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.goto(server.url + "/")
-        page.wait_for_selector("#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000)
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server: Server) -> Iterator:
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_selector("#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000)
+    return page
 
 
 def test_the_page_is_this_projects(page) -> None:
@@ -83,3 +89,42 @@ def test_an_invalid_body_shows_a_documented_422(page) -> None:
     status, body = _try_predict(page, json.dumps({"radius_mean": -1}))
     assert status.strip().startswith("422") and "Undocumented" not in status
     assert "radius_mean" in body and "texture_mean" in body  # the negative value and the missing fields
+
+
+def test_the_page_has_no_framework_boilerplate(page) -> None:
+    text = page.locator("#swagger-ui").inner_text()
+    for boilerplate in (
+        "BentoML Service API endpoints for inference",
+        "Common infrastructure endpoints for observability",
+        "Successful Response",
+    ):
+        assert boilerplate not in text, boilerplate
+    assert "Diagnoses, confirmed outcomes, the served model and its drift" in text
+    assert page.locator(".servers").count() == 0  # no "Servers: ." drop-down
+    licence = page.locator(".info__license a, .info a", has_text="MIT").first
+    assert licence.get_attribute("href", timeout=5000).startswith("https://opensource.org/")
+    operation = page.locator("#operations-Service_APIs-breast_cancer_classifier__predict_batch")
+    operation.locator(".opblock-summary").click()
+    assert "one diagnosis per instance, in order" in operation.inner_text()
+
+
+def test_with_authentication_the_page_asks_for_a_token_and_authorizes_with_it(
+    browser, model_store, tmp_path_factory, tmp_path
+) -> None:
+    from tests.bento.issuer import running_issuer
+    from tests.conftest import own_server
+
+    with running_issuer() as issuer:
+        settings = issuer.settings(str(tmp_path / "absent"), AUTH_ALLOW_DIAGNOSIS="apps/*")
+        with own_server(model_store, tmp_path_factory, **settings) as server:
+            page = browser.new_page()
+            page.goto(server.url + "/")
+            page.wait_for_selector("#token-form:not([hidden])", timeout=30_000)
+            page.fill("#token", "not-a-token")
+            page.click("#token-form button")
+            page.wait_for_selector("#token-error:has-text('not a JWT')", timeout=30_000)
+            page.fill("#token", issuer.token("apps", "browser"))
+            page.click("#token-form button")
+            page.wait_for_selector("#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000)
+            status, body = _try_predict(page, None)
+    assert status.strip().startswith("200") and "malignant" in body
