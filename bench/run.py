@@ -2,7 +2,9 @@
 
     python -m bench.run [--duration 5] [--repeats 3] [--workers 2] [--connections 8] [--batch-rows 1000] [--quick]
 
-The servers, all with the same number of workers and the same model, each from its own copy of the store:
+The servers, all with the same number of workers and the same model, each from its own copy of the
+store, every worker leading a session of its own (the kernel shares a busy machine's cores between
+sessions; BentoML's workers have their own, the bare apps make theirs):
 
 - hand-written: bench/reference_app.py, the app users write (Starlette + uvicorn, the pipeline's
   predict_proba, the json module), on uvicorn's httptools parser;
@@ -56,6 +58,7 @@ import psutil
 from bench import load
 from harness import containers, servers
 from harness.paths import REPO_ROOT
+from tests.bento.issuer import running_issuer
 from wdbc import BENIGN_EXAMPLE, BENIGN_LABEL, FEATURE_NAMES, MALIGNANT_EXAMPLE, MALIGNANT_LABEL
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -81,6 +84,7 @@ CALLER_NAMESPACE, CALLER_NAME, TOKEN_LIFETIME_S = "bench", "client", 6 * 3600
 # Answers must agree this closely; the scorers differ only in floating-point rounding (~1e-16).
 PROBABILITY_TOLERANCE = 1e-9
 ANSWER_FIELDS = {"diagnosis", "probability_malignant", "threshold", "model_tag", "warnings", "reason"}
+SINGLE_ROW = json.dumps(MALIGNANT_EXAMPLE).encode()
 
 # The issues' targets, printed beside the numbers and never asserted: speed is measured, not tested.
 TARGET_SINGLE_VS_HAND_WRITTEN = 0.9
@@ -304,9 +308,6 @@ def copy_store(destination: Path) -> Path:
 
 def server_starts(args: argparse.Namespace, workdir: Path, stack: ExitStack) -> dict[str, Callable]:
     """How to start each server, by name, in the order they are measured."""
-    # Imported here: only the bench needs the tests' issuer and the signing libraries it uses.
-    from tests.bento.issuer import running_issuer
-
     issuer = stack.enter_context(running_issuer())
     token = issuer.token(CALLER_NAMESPACE, CALLER_NAME, lifetime=TOKEN_LIFETIME_S)
     auth = issuer.settings(
@@ -511,7 +512,7 @@ def overloads(bench: Bench, running_servers: dict[str, Server]) -> list[Overload
     """The service and the hand-written app under --overload-connections, single rows then batches."""
     found = []
     for endpoint, body, rows in (
-        ("/predict", json.dumps(MALIGNANT_EXAMPLE).encode(), 1),
+        ("/predict", SINGLE_ROW, 1),
         ("/predict_batch", batch_body(TARGET_BATCH_ROWS), TARGET_BATCH_ROWS),
     ):
         for name in (SERVICE, HAND_WRITTEN):
@@ -616,23 +617,63 @@ def _num(value: float | None, spec: str = ".2f") -> str:
     return "" if value is None else format(value, spec)
 
 
-def _table(title: str, columns: list[str], rows: list[list]) -> list[str]:
-    """A Markdown table under `### title`; a column whose name ends with ":" is right-aligned."""
-    return [
-        "",
-        f"### {title}",
-        "",
-        "| " + " | ".join(c.removesuffix(":") for c in columns) + " |",
-        "|" + "|".join("---:" if c.endswith(":") else "---" for c in columns) + "|",
-        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
-    ]
+# Table columns; a name ending with ":" is a right-aligned column.
+POINT_COLUMNS = ["endpoint", "rows/request:", "connections:", "server"]
+LOAD_COLUMNS = [
+    "requests/s:",
+    "rows/s:",
+    "p50 ms:",
+    "p90 ms:",
+    "p99 ms:",
+    "errors:",
+    "server CPU µs/request:",
+]
+LOAD_COLUMNS += ["workers' CPU split %:"]
+COMPARISON_COLUMNS = [
+    "against",
+    "throughput ratio (median round):",
+    "each round:",
+    "server CPU µs/request added:",
+]
+SERVER_COLUMNS = ["server", "workers:", "cold start (process start to /readyz 200), median:", "cold starts"]
+SERVER_COLUMNS += ["resident memory per worker after the load"]
+OVERLOAD_COLUMNS = ["server", "endpoint", "rows/request:", "connections:", "accepted/s:", "accepted rows/s:"]
+OVERLOAD_COLUMNS += ["accepted p50 ms:", "accepted p99 ms:", "shed (503):", "shed p50 ms:", "shed p99 ms:"]
+OVERLOAD_COLUMNS += ["other non-2xx", "socket errors:", "timeouts:", "wrk cores:"]
+MET = {True: "yes", False: "**no**", None: "n/a"}
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> str:
+    return "\n".join(
+        [
+            f"### {title}\n",
+            "| " + " | ".join(c.removesuffix(":") for c in columns) + " |",
+            "|" + "|".join("---:" if c.endswith(":") else "---" for c in columns) + "|",
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+        ]
+    )
+
+
+def _point(r: LoadResult | Comparison) -> list:
+    return [r.endpoint, r.rows_per_request, r.connections, r.server]
 
 
 def _load_row(r: LoadResult) -> list:
     split = "/".join(f"{share:.0%}"[:-1] for share in r.worker_cpu_split)
     rates = [f"{r.requests_per_s:,.0f}", f"{r.rows_per_s:,.0f}"]
     latencies = [_num(r.p50_ms), _num(r.p90_ms), _num(r.p99_ms)]
-    return [*rates, *latencies, r.errors, _num(r.server_cpu_us_per_request, ",.0f"), split]
+    return [*_point(r), *rates, *latencies, r.errors, _num(r.server_cpu_us_per_request, ",.0f"), split]
+
+
+def _comparison_row(c: Comparison) -> list:
+    rounds = " ".join(f"{ratio:.2f}" for ratio in c.rounds_ratios)
+    return [*_point(c), c.baseline, f"{c.ratio:.2f}", rounds, _num(c.cpu_us_added, "+,.0f")]
+
+
+def _server_row(name: str, info: dict) -> list:
+    starts = ", ".join(f"{s:.2f}" for s in info["cold_starts_s"])
+    memory = ", ".join(f"{mb:.0f} MB" for mb in info["worker_memory_mb"]) or "n/a"
+    return [name, info["workers"], f"{info['cold_start_s']:.2f} s", starts, memory]
 
 
 def _overload_row(o: OverloadResult) -> list:
@@ -640,59 +681,26 @@ def _overload_row(o: OverloadResult) -> list:
     accepted = [f"{o.accepted_per_s:,.0f}", f"{o.accepted_rows_per_s:,.0f}"]
     accepted += [_num(o.accepted_p50_ms), _num(o.accepted_p99_ms)]
     shed = [o.shed, _num(o.shed_p50_ms), _num(o.shed_p99_ms)]
-    return [*accepted, *shed, others, o.socket_errors, o.timeouts, _num(o.generator_cores)]
+    point = [o.server, o.endpoint, o.rows_per_request, o.connections]
+    return [*point, *accepted, *shed, others, o.socket_errors, o.timeouts, _num(o.generator_cores)]
 
 
 def markdown(m: Measurements) -> str:
-    point = ["endpoint", "rows/request:", "connections:", "server"]
-    load_columns = ["requests/s:", "rows/s:", "p50 ms:", "p90 ms:", "p99 ms:", "errors:"]
-    load_columns += ["server CPU µs/request:", "workers' CPU split %:"]
-    lines = _table(
-        "Load",
-        point + load_columns,
-        [[r.endpoint, r.rows_per_request, r.connections, r.server, *_load_row(r)] for r in m.results],
-    )
-    lines += _table(
-        "Comparisons",
-        [
-            *point,
-            "against",
-            "throughput ratio (median round):",
-            "each round:",
-            "server CPU µs/request added:",
-        ],
-        [
-            [c.endpoint, c.rows_per_request, c.connections, c.server, c.baseline, f"{c.ratio:.2f}"]
-            + [" ".join(f"{x:.2f}" for x in c.rounds_ratios), _num(c.cpu_us_added, "+,.0f")]
-            for c in m.comparisons
-        ],
-    )
-    met = {True: "yes", False: "**no**", None: "n/a"}
-    lines += _table(
-        "Targets",
-        ["target", "goal", "measured", "met"],
-        [[t["target"], t["goal"], t["measured"], met[t["met"]]] for t in m.targets],
-    )
-    lines += _table(
-        "Servers",
-        ["server", "workers:", "cold start (process start to /readyz 200), median:", "cold starts"]
-        + ["resident memory per worker after the load"],
-        [
-            [name, info["workers"], f"{info['cold_start_s']:.2f} s"]
-            + [", ".join(f"{s:.2f}" for s in info["cold_starts_s"])]
-            + [", ".join(f"{mb:.0f} MB" for mb in info["worker_memory_mb"]) or "n/a"]
-            for name, info in m.servers.items()
-        ],
-    )
+    tables = [
+        _table("Load", POINT_COLUMNS + LOAD_COLUMNS, [_load_row(r) for r in m.results]),
+        _table(
+            "Comparisons", POINT_COLUMNS + COMPARISON_COLUMNS, [_comparison_row(c) for c in m.comparisons]
+        ),
+        _table(
+            "Targets",
+            ["target", "goal", "measured", "met"],
+            [[t["target"], t["goal"], t["measured"], MET[t["met"]]] for t in m.targets],
+        ),
+        _table("Servers", SERVER_COLUMNS, [_server_row(name, info) for name, info in m.servers.items()]),
+    ]
     if m.overload:
-        columns = ["server", "endpoint", "rows/request:", "connections:", "accepted/s:", "accepted rows/s:"]
-        columns += ["accepted p50 ms:", "accepted p99 ms:", "shed (503):", "shed p50 ms:", "shed p99 ms:"]
-        columns += ["other non-2xx", "socket errors:", "timeouts:", "wrk cores:"]
-        rows = [
-            [o.server, o.endpoint, o.rows_per_request, o.connections, *_overload_row(o)] for o in m.overload
-        ]
-        lines += _table("Overload", columns, rows)
-    return "\n".join(lines).lstrip("\n")
+        tables.append(_table("Overload", OVERLOAD_COLUMNS, [_overload_row(o) for o in m.overload]))
+    return "\n\n".join(tables)
 
 
 def code_version() -> str:
@@ -742,9 +750,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def plan(args: argparse.Namespace, names: list[str]) -> list[Point]:
     """Single rows at each --connections, every server; batches at each --batch-rows, every server but
     the authenticated service (its cost is per request, a thousandth of a batch's)."""
-    single = json.dumps(MALIGNANT_EXAMPLE).encode()
     batch_servers = tuple(name for name in names if name != SERVICE_AUTH)
-    return [Point("/predict", 1, c, single, tuple(names)) for c in args.connections] + [
+    return [Point("/predict", 1, c, SINGLE_ROW, tuple(names)) for c in args.connections] + [
         Point("/predict_batch", rows, args.batch_connections, batch_body(rows), batch_servers)
         for rows in args.batch_rows
     ]
@@ -798,11 +805,10 @@ def main(argv: list[str] | None = None) -> int:
         if problems := check_answers(running_servers) + check_sessions(running_servers):
             print("the servers differ; nothing measured:\n" + "\n".join(problems), file=sys.stderr)
             return 1
-        points = plan(args, list(running_servers))
         for server in running_servers.values():  # first requests import and allocate lazily
-            bench.drive(server, "/predict", points[0].body, 8, 1 if args.quick else 2)
+            bench.drive(server, "/predict", SINGLE_ROW, 8, 1 if args.quick else 2)
             bench.drive(server, "/predict_batch", batch_body(100), 2, 1)
-        for point in points:
+        for point in plan(args, list(running_servers)):
             rounds = measure_rounds(bench, running_servers, point)
             results += [summarise(name, point, [r[name] for r in rounds]) for name in point.servers]
             comparisons += compare(point, rounds)

@@ -49,6 +49,7 @@ class Container:
     name: str
     url: str
     seconds_to_ready: float
+    metrics_url: str  # its Prometheus endpoint (the metrics port)
 
 
 class NotReady(Exception):
@@ -76,7 +77,12 @@ def cpus(quantity: str) -> float:
 
 
 def run_args(
-    image: str, name: str, port: int, env: dict[str, str] | None = None, extra: Sequence[str] = ()
+    image: str,
+    name: str,
+    port: int,
+    env: dict[str, str] | None = None,
+    extra: Sequence[str] = (),
+    metrics_port: int | None = None,
 ) -> list[str]:
     """The engine's `run` arguments; `extra` goes before the image name (e.g. a --volume)."""
     contract = runtime_contract()
@@ -93,6 +99,8 @@ def run_args(
         "--network", "host",
         # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.
         "--env", f"BENTOML_PORT={port}",
+        # Host networking: the metrics port too must be one nobody else uses.
+        *(("--env", f"METRICS_PORT={metrics_port}") if metrics_port else ()),
         *extra_env,
         *extra,
         image,
@@ -105,18 +113,19 @@ def start(
     """Start a container and wait for /readyz 200. If it never gets there, remove it and raise
     NotReady with its logs; otherwise the caller removes it (`rm --force <name>`)."""
     name = f"bcc-test-{uuid.uuid4().hex[:8]}"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     url = f"http://127.0.0.1:{port}"
     readiness = runtime_contract()["probes"]["readiness"]
     started = time.monotonic()
-    engine.run(*run_args(image, name, port, env, extra))
+    engine.run(*run_args(image, name, port, env, extra, metrics_port))
     try:
         poll = 0
         while time.monotonic() - started < READY_TIMEOUT:
             poll += 1
             try:
                 if httpx.get(f"{url}{readiness}", timeout=2).status_code == 200:
-                    return Container(name, url, time.monotonic() - started)
+                    metrics = f"http://127.0.0.1:{metrics_port}{runtime_contract()['probes']['metrics']}"
+                    return Container(name, url, time.monotonic() - started, metrics)
             except httpx.TransportError:
                 pass
             # Each engine call costs CPU that the starting service competes for: check once a second.

@@ -78,11 +78,13 @@ def _section(stdout: str, title: str) -> list[list[str]]:
     return table[2:]  # after the header and the alignment row
 
 
-@pytest.mark.slow
-def test_quick_benchmark_measures_every_server_and_compares_them(model_store: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def quick(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """`python -m bench.run --quick`: its printed tables and its raw JSON."""
     require_tool("wrk", "apt-get install wrk (.ci/run does)")
+    results_dir = tmp_path_factory.mktemp("bench-results")
     result = subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(tmp_path)],
+        [sys.executable, "-m", "bench.run", "--quick", "--results-dir", str(results_dir)],
         check=False,
         cwd=REPO_ROOT,
         env={**os.environ, "BENTOML_HOME": str(model_store)},
@@ -90,16 +92,34 @@ def test_quick_benchmark_measures_every_server_and_compares_them(model_store: Pa
         text=True,
         timeout=300,
     )
-    # It exits 1 without measuring when a server's answers differ from the service's, or when the
-    # authenticated service answers a request that carries no token.
+    # It exits 1 without measuring when a server's answers differ from the service's, when the
+    # authenticated service answers a request that carries no token, or when a worker shares a session.
     assert result.returncode == 0, result.stdout + result.stderr
+    raw = json.loads((results_dir / result.stdout.split("raw results: ")[1].strip()).read_text())
+    return result.stdout, raw
+
+
+@pytest.mark.slow
+def test_quick_benchmark_measures_every_server_at_every_point_without_errors(quick: tuple[str, dict]) -> None:
+    stdout, raw = quick
     single = [HAND_WRITTEN, HAND_WRITTEN_H11, LIMIT, SERVICE, SERVICE_AUTH]
     expected = [("/predict", "1", name) for name in single]
     expected += [("/predict_batch", "1000", name) for name in single if name != SERVICE_AUTH]
-    load_rows = _section(result.stdout, "Load")
+    load_rows = _section(stdout, "Load")
     assert [(row[0], row[1], row[3]) for row in load_rows] == expected
     assert all(row[9] == "0" for row in load_rows), "errors under normal load"
-    compared = {(row[0], row[3], row[4]): float(row[5]) for row in _section(result.stdout, "Comparisons")}
+    assert [row[0] for row in _section(stdout, "Servers")] == single
+    for name in single:
+        info = raw["servers"][name]
+        assert len(info["worker_memory_mb"]) == info["workers"] == raw["settings"]["workers"], info
+
+
+@pytest.mark.slow
+def test_quick_benchmark_judges_targets_by_the_comparisons_of_the_same_rounds(
+    quick: tuple[str, dict],
+) -> None:
+    stdout, raw = quick
+    compared = {(row[0], row[3], row[4]): float(row[5]) for row in _section(stdout, "Comparisons")}
     assert set(compared) == {
         (endpoint, server, baseline)
         for endpoint in ("/predict", "/predict_batch")
@@ -107,21 +127,18 @@ def test_quick_benchmark_measures_every_server_and_compares_them(model_store: Pa
         if endpoint == "/predict" or SERVICE_AUTH not in (server, baseline)
     }
     assert all(ratio > 0 for ratio in compared.values())
-    assert [row[0] for row in _section(result.stdout, "Servers")] == single
-
-    raw = json.loads((tmp_path / result.stdout.split("raw results: ")[1].strip()).read_text())
-    # The target is the comparison from the same rounds, judged against its goal.
     target = next(t for t in raw["targets"] if t["target"] == SINGLE_VS_HAND_WRITTEN)
-    [comparison] = [
-        c
-        for c in raw["comparisons"]
-        if c["endpoint"] == "/predict" and c["baseline"] == HAND_WRITTEN and c["server"] == SERVICE
+    wanted = ("/predict", SERVICE, HAND_WRITTEN)
+    [ratio] = [
+        c["ratio"] for c in raw["comparisons"] if (c["endpoint"], c["server"], c["baseline"]) == wanted
     ]
-    assert target["value"] == comparison["ratio"]
-    assert target["met"] is (target["value"] >= run.TARGET_SINGLE_VS_HAND_WRITTEN)
-    for name in single:
-        info = raw["servers"][name]
-        assert len(info["worker_memory_mb"]) == info["workers"] == raw["settings"]["workers"], info
+    assert target["value"] == ratio
+    assert target["met"] is (ratio >= run.TARGET_SINGLE_VS_HAND_WRITTEN)
+
+
+@pytest.mark.slow
+def test_under_overload_every_answer_is_a_success_or_the_service_s_503(quick: tuple[str, dict]) -> None:
+    _, raw = quick
     assert [(o["server"], o["endpoint"]) for o in raw["overload"]] == [
         (SERVICE, "/predict"),
         (HAND_WRITTEN, "/predict"),
@@ -129,7 +146,6 @@ def test_quick_benchmark_measures_every_server_and_compares_them(model_store: Pa
         (HAND_WRITTEN, "/predict_batch"),
     ]
     for o in raw["overload"]:
-        # Only the service sheds, and only with 503: no other status, no socket error, no timeout.
         assert o["other_statuses"] == {} and o["socket_errors"] == o["timeouts"] == 0, o
         assert o["shed"] == 0 or o["server"] == SERVICE, o
         # In one second, 256 connections of 1000-row batches may all still be queued; single rows not.

@@ -78,10 +78,10 @@ def test_serves_the_model_just_built(container: Container, engine: Engine, image
 
 
 def test_metrics(container: Container) -> None:
-    response = httpx.get(f"{container.url}{CONTRACT['probes']['metrics']}")
+    response = httpx.get(container.metrics_url)
     assert response.status_code == 200
     # The predictions above were counted.
-    assert "bentoml_service_request_total{" in response.text and 'endpoint="/predict"' in response.text
+    assert 'http_requests_total{code="200",endpoint="/predict"}' in response.text
 
 
 def test_stdout_is_json_lines(container: Container, engine: Engine) -> None:
