@@ -131,7 +131,8 @@ test: tools lint
 	$(PY) -m pytest
 
 # The inner loop: no test that needs a program outside the venv (helm, podman, promtool, wrk: their
-# folders are left out) or is marked slow. `make test` runs everything.
+# folders are left out) or is marked slow. Elsewhere, a test that needs such a program (chromium,
+# curl) or takes more than a few seconds carries @pytest.mark.slow. `make test` runs everything.
 CHECK_LEAVES_OUT := tests/charts tests/k8s tests/container tests/monitoring tests/bench tests/workflows/test_e2e_kind.py
 check: lint
 	$(PY) -m pytest -m "not slow" $(addprefix --ignore=,$(CHECK_LEAVES_OUT))

@@ -71,10 +71,10 @@ class Table:
 
 @dataclass
 class Results:
-    answers: dict[int, dict[str, Any]] = field(default_factory=dict)  # row position -> the service's answer
-    refused: dict[int, list[tuple[str, str]]] = field(
-        default_factory=dict
-    )  # row position -> (field, message)
+    """By row position in the table: the service's answer, or the (field, message) it refused."""
+
+    answers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    refused: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
 
 def read_table(path: Path) -> Table:
@@ -168,13 +168,16 @@ class Service:
         while pending:
             response = await self.post([rows[position] for position in pending])
             if response.status_code == 200:
-                predictions = response.json()["predictions"]
+                try:
+                    predictions = response.json()["predictions"]
+                except (ValueError, KeyError, TypeError):
+                    raise ClientError(f"POST /predict_batch: not an answer: {response.text[:300]}") from None
                 if len(predictions) != len(pending):
                     raise ClientError(f"{len(pending)} rows sent, {len(predictions)} predictions received")
                 results.answers.update(zip(pending, predictions, strict=True))
                 return
             refused = refused_rows(response) if response.status_code == 422 else {}
-            if not refused:
+            if not refused or max(refused) >= len(pending):
                 hint = " (a token is read from TOKEN_FILE or TOKEN)" if response.status_code == 401 else ""
                 raise ClientError(
                     f"POST /predict_batch: HTTP {response.status_code}: {error_text(response)}{hint}"
@@ -252,8 +255,15 @@ async def score_table(
                 async with asyncio.TaskGroup() as group:
                     for positions in batches:
                         group.create_task(send(positions))
-            except* ClientError as errors:
-                raise errors.exceptions[0] from None
+            # A plain except, not except*: Python before 3.11.4 wraps what except* raises in a group.
+            except ExceptionGroup as failures:
+                errors = failures.subgroup(ClientError)
+                if errors is None:
+                    raise
+                error = errors.exceptions[0]
+                while isinstance(error, ExceptionGroup):
+                    error = error.exceptions[0]
+                raise error from None
     return results
 
 

@@ -100,7 +100,7 @@ def run_args(
         # BENTOML_PORT rather than PORT: the entrypoint echoes a plain-text line when PORT is set.
         "--env", f"BENTOML_PORT={port}",
         # Host networking: the metrics port too must be one nobody else uses.
-        *(("--env", f"METRICS_PORT={metrics_port}") if metrics_port else ()),
+        *(("--env", f"METRICS_PORT={metrics_port}") if metrics_port and "METRICS_PORT" not in (env or {}) else ()),
         *extra_env,
         *extra,
         image,
@@ -113,7 +113,7 @@ def start(
     """Start a container and wait for /readyz 200. If it never gets there, remove it and raise
     NotReady with its logs; otherwise the caller removes it (`rm --force <name>`)."""
     name = f"bcc-test-{uuid.uuid4().hex[:8]}"
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_port(), int((env or {}).get("METRICS_PORT") or free_port())
     url = f"http://127.0.0.1:{port}"
     readiness = runtime_contract()["probes"]["readiness"]
     started = time.monotonic()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from harness.paths import REPO_ROOT
 from tests.client.test_predict import public_layout
+from tests.conftest import require_tool
 
 README = (REPO_ROOT / "README.md").read_text()
 DEFAULT_URL = "http://127.0.0.1:3000"
@@ -92,6 +93,7 @@ def test_one_apt_line_serves_and_one_runs_the_full_suite() -> None:
 
 
 def test_curl_examples_answer_as_documented(server) -> None:
+    require_tool("curl", "apt-get install curl")
     predict_block, batch_block = (
         b for b in code_blocks("bash") if "curl" in b and f"{DEFAULT_URL}/predict" in b
     )

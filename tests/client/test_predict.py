@@ -6,10 +6,14 @@ passes everything else on to the real service."""
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,6 +163,31 @@ def test_the_projects_layout_without_an_id_numbers_the_rows(server, expected: li
     assert [line["row"] for line in lines] == [str(number) for number in range(1, 31)]
     for line, answer in zip(lines, expected[:30], strict=True):
         assert_answer(line, answer)
+
+
+def test_a_terminal_shows_a_progress_bar(server, public_csv: Path, tmp_path) -> None:
+    """On a terminal (a pseudo-terminal 100 columns wide here) the rows are counted as answers come."""
+    main, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    output = tmp_path / "answers.csv"
+    command = [sys.executable, "-m", "client", str(public_csv), "--url", server.url, "--output", str(output)]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the terminal closes when the client exits
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    assert process.wait(timeout=60) == 0, shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert "569/569" in text and "row/s" in text, text
 
 
 def test_a_file_without_the_features_is_refused_before_sending(tmp_path) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from harness.containers import Container, Engine, NotReady, detect_engine, read_image_record, start
 from harness.paths import REPO_ROOT
+from harness.servers import free_port
 from tests.conftest import skip_or_fail
 
 
@@ -86,9 +87,15 @@ def image(
 
 
 @pytest.fixture(scope="module")
-def container(engine: Engine, image: Image) -> Iterator[Container]:
+def metrics_port() -> int:
+    """The container's METRICS_PORT: a free one, as it shares the host's network."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def container(engine: Engine, image: Image, metrics_port: int) -> Iterator[Container]:
     try:
-        container = start(engine, image.name)
+        container = start(engine, image.name, env={"METRICS_PORT": str(metrics_port)})
     except NotReady as error:
         pytest.fail(str(error))
     print(f"{image.name}: /readyz 200 after {container.seconds_to_ready:.1f} s")

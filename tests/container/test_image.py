@@ -77,11 +77,18 @@ def test_serves_the_model_just_built(container: Container, engine: Engine, image
     assert served == labelled.stdout.strip() == image.model_tag
 
 
-def test_metrics(container: Container) -> None:
-    response = httpx.get(container.metrics_url)
+def test_metrics_are_served_on_their_own_port(container: Container, metrics_port: int) -> None:
+    path = CONTRACT["probes"]["metrics"]
+    assert httpx.get(f"{container.url}{path}").status_code == 404  # never on the API port
+    response = httpx.get(f"http://127.0.0.1:{metrics_port}{path}")
     assert response.status_code == 200
     # The predictions above were counted.
-    assert 'http_requests_total{code="200",endpoint="/predict"}' in response.text
+    counted = [
+        line
+        for line in response.text.splitlines()
+        if line.startswith("http_requests_total{") and 'endpoint="/predict"' in line and 'code="200"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 2, response.text[-3000:]
 
 
 def test_stdout_is_json_lines(container: Container, engine: Engine) -> None:
