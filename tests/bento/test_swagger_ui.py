@@ -125,6 +125,8 @@ def test_with_authentication_the_page_asks_for_a_token_and_authorizes_with_it(
             page.wait_for_selector("#token-error:has-text('not a JWT')", timeout=30_000)
             page.fill("#token", issuer.token("apps", "browser"))
             page.click("#token-form button")
-            page.wait_for_selector("#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000)
+            page.wait_for_selector(
+                "#operations-Service_APIs-breast_cancer_classifier__predict", timeout=60_000
+            )
             status, body = _try_predict(page, None)
     assert status.strip().startswith("200") and "malignant" in body
