@@ -212,6 +212,7 @@ def test_the_keys_are_fetched_with_the_pods_own_token_read_afresh(guarded: Serve
     assert issuer.credentials and issuer.credentials[-1] == "Bearer the-service-own-token-1"
 
 
+@pytest.mark.slow
 def test_ten_thousand_forged_tokens_fetch_nothing_and_grow_no_memory(guarded: Server, issuer: Issuer) -> None:
     stranger = SigningKey.ec()
     forged = [
@@ -248,6 +249,7 @@ def test_ten_thousand_forged_tokens_fetch_nothing_and_grow_no_memory(guarded: Se
     assert identities <= {"apps/frontend", "apps/x", "clinic/reader", "ops/operator", "lab/pathology"}
 
 
+@pytest.mark.slow
 def test_a_rotated_key_is_picked_up_while_serving(
     model_store: Path, tmp_path_factory, tmp_path: Path
 ) -> None:
@@ -274,6 +276,7 @@ def test_a_rotated_key_is_picked_up_while_serving(
             assert "Bearer second" in issuer.credentials
 
 
+@pytest.mark.slow
 def test_without_the_keys_the_pod_is_unready_and_answers_503(
     model_store: Path, tmp_path_factory, tmp_path: Path
 ) -> None:

@@ -144,6 +144,7 @@ def _record(directory: str, capacity: int, worker: int, rounds: int) -> None:
     rows.flush()
 
 
+@pytest.mark.slow
 def test_the_window_is_the_newest_rows_of_every_worker(tmp_path: Path) -> None:
     processes = [
         multiprocessing.get_context("spawn").Process(target=_record, args=(str(tmp_path), 50, worker, 200))
@@ -203,6 +204,7 @@ def report(server: Server, wait_for: Callable[[dict], bool], timeout: float = 30
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_the_service_reports_ok_then_drift_and_says_so(drift_server: Server) -> None:
     rows = held_out_rows()[:100]
     with httpx.Client(base_url=drift_server.url) as client:

@@ -58,6 +58,7 @@ def predicts(server: Server, timeout: float = 3) -> bool:
     return response.status_code == 200 and response.json()["diagnosis"] == "malignant"
 
 
+@pytest.mark.slow
 def test_a_negative_chunk_size_with_an_h2c_offer_is_refused_and_holds_no_worker(
     model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -131,6 +132,7 @@ def _hold_declared_bodies(server: Server, count: int, stop: threading.Event, tri
         threading.Thread(target=hold, daemon=True).start()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trickle", [False, True], ids=["silent", "trickling"])
 def test_connections_that_only_declare_large_bodies_deny_nothing(edge: Server, trickle: bool) -> None:
     stop = threading.Event()
@@ -194,6 +196,7 @@ def test_header_blocks_over_the_limits_get_431(edge: Server, headers: dict[str, 
         assert answer.json()["detail"][0]["field"] == "headers"
 
 
+@pytest.mark.slow
 def test_headers_sent_slowly_are_cut_off(edge: Server) -> None:
     head = request("POST", "/predict", ROW)
     started = time.monotonic()
@@ -209,6 +212,7 @@ def test_headers_sent_slowly_are_cut_off(edge: Server) -> None:
     assert elapsed < HEADER_TIMEOUT + 1.5, f"slow headers kept the connection open for {elapsed:.1f} s"
 
 
+@pytest.mark.slow
 def test_idle_connections_are_closed(edge: Server) -> None:
     with Connection(edge) as fresh, Connection(edge) as kept:
         kept.send(request("GET", "/livez"))
@@ -329,6 +333,7 @@ def metrics(server: Server) -> str:
     return httpx.get(server.metrics_url, timeout=10).text
 
 
+@pytest.mark.slow
 def test_a_replaced_workers_metric_series_are_removed(
     model_store: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -354,6 +359,7 @@ def test_a_replaced_workers_metric_series_are_removed(
     assert "predictions_total" in text
 
 
+@pytest.mark.slow
 def test_rejections_are_logged_at_a_bounded_rate(edge: Server) -> None:
     before = len(edge.log().splitlines())
     with httpx.Client(base_url=edge.url) as client:
@@ -370,6 +376,7 @@ def test_rejections_are_logged_at_a_bounded_rate(edge: Server) -> None:
     assert suppressed and float(suppressed.group(1)) + len(rejected) >= 3000
 
 
+@pytest.mark.slow
 def test_connections_and_requests_of_every_kind_leave_worker_memory_flat(edge: Server) -> None:
     """A mix of everything above, repeated: the workers' resident memory does not grow with it."""
     for _ in range(3):  # warm: allocator pools, lazily built structures

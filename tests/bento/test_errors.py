@@ -323,6 +323,7 @@ def unavailable_server(request, model_store: Path, tmp_path_factory: pytest.Temp
         server.stop()
 
 
+@pytest.mark.slow
 def test_unavailable_model_is_not_ready_and_answers_503(unavailable_server) -> None:
     server, tag = unavailable_server
     url = server.url

@@ -47,6 +47,7 @@ def random_path(length: int) -> str:
     return "/" + "".join(random.choices(string.ascii_letters + string.digits + "%00", k=length))
 
 
+@pytest.mark.slow
 def test_random_paths_do_not_grow_metrics(hostile: Server) -> None:
     """Every unknown path is one series, `endpoint="other"`, whatever the path."""
     metrics_before = len(httpx.get(hostile.metrics_url).content)
@@ -99,6 +100,7 @@ def _cpu_per_request(server: Server, body: bytes, repeats: int = 5) -> tuple[flo
         return (worker_cpu_seconds(server) - before) / repeats, response
 
 
+@pytest.mark.slow
 def test_sixty_thousand_unknown_fields_get_a_small_fast_422(hostile: Server) -> None:
     row = {**MALIGNANT_EXAMPLE, **{f"unknown_field_{i:05d}": 1.0 for i in range(60_000)}}
     hostile_body = json.dumps({"instances": [row]}).encode()
@@ -124,6 +126,7 @@ def test_sixty_thousand_unknown_fields_get_a_small_fast_422(hostile: Server) -> 
     assert single.status_code == 413 and "65536" in single.text
 
 
+@pytest.mark.slow
 def test_a_thousand_rows_of_invalid_values_get_a_small_422(hostile: Server) -> None:
     bad = json.dumps({"instances": [dict.fromkeys(FEATURE_NAMES, "x")] * 1000}).encode()
     cpu, response = _cpu_per_request(hostile, bad)
@@ -162,6 +165,7 @@ def test_huge_names_and_paths_are_cut_in_the_log(hostile: Server) -> None:
     assert longest < 10_000, longest
 
 
+@pytest.mark.slow
 def test_load_shedding_answers_fast_503s_with_retry_after(model_store: Path, tmp_path_factory) -> None:
     with own_server(model_store, tmp_path_factory, MAX_CONCURRENCY="2") as server:
         body = _valid_batch(1000)
@@ -184,6 +188,7 @@ def _lines(server: Server) -> list[dict]:
     return [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_logged_and_replaced(model_store: Path, tmp_path_factory) -> None:
     with own_server(model_store, tmp_path_factory, SERVICE_WORKERS="2") as server:
         deadline = time.monotonic() + 60

@@ -24,6 +24,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
+pytestmark = pytest.mark.slow  # a real browser: not the inner loop's
+
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
@@ -61,6 +63,7 @@ def _try_predict(page, body: str | None) -> tuple[str, str]:
     operation = page.locator("#operations-Service_APIs-breast_cancer_classifier__predict")
     if not operation.locator(".try-out__btn").is_visible():
         operation.locator(".opblock-summary").click()
+    operation.locator(".try-out__btn").wait_for(timeout=30_000)
     if operation.locator(".try-out__btn", has_text="Try it out").is_visible():
         operation.locator(".try-out__btn", has_text="Try it out").click()
     editor = operation.locator("textarea.body-param__text")

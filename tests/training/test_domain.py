@@ -114,12 +114,14 @@ def calibration(bundled: Dataset) -> dict[str, Counts]:
     return counts
 
 
+@pytest.mark.slow
 def test_calibration_real_held_out_rows_are_rarely_refused_or_indeterminate(calibration) -> None:
     real = calibration["real held-out rows"]
     assert real.share <= MAX_FALSE_OUTSIDE, real
     assert real.refused == 0, "a real measurement was refused by a hard limit"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [

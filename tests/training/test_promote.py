@@ -58,6 +58,7 @@ def test_the_gate_applies_with_or_without_a_promoted_model() -> None:
     assert promote.refusals(scores(0.9), None) == []
 
 
+@pytest.mark.slow
 def test_first_model_is_promoted_and_an_equal_one_replaces_it(
     store: Path, tmp_path: Path, runs: dict[str, TrainingRun], bundled_csv: Path
 ) -> None:
@@ -84,6 +85,7 @@ def test_first_model_is_promoted_and_an_equal_one_replaces_it(
     assert len(registry.history()) == 2
 
 
+@pytest.mark.slow
 def test_a_worse_candidate_is_refused_and_the_promoted_model_stays(
     store: Path, tmp_path: Path, runs: dict[str, TrainingRun], bundled_csv: Path
 ) -> None:
@@ -102,6 +104,7 @@ def test_a_worse_candidate_is_refused_and_the_promoted_model_stays(
     assert means["candidate"]["accuracy"] < means["promoted"]["accuracy"] - promote.TOLERANCE
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_shuffled_labels_is_refused(
     store: Path, tmp_path: Path, runs: dict[str, TrainingRun], bundled_csv: Path, bundled: Dataset
 ) -> None:
@@ -138,6 +141,7 @@ def test_a_model_its_recipe_does_not_reproduce_is_not_compared(
     assert registry.promoted_tag() is None and registry.history() == []
 
 
+@pytest.mark.slow
 def test_training_records_the_promoted_model_it_was_trained_beside(
     store: Path, tmp_path: Path, runs: dict[str, TrainingRun], bundled_csv: Path
 ) -> None:
@@ -154,6 +158,7 @@ def test_training_records_the_promoted_model_it_was_trained_beside(
     assert ModelMetadata.parse(second.info.metadata).lineage.compared_with == str(first.tag)
 
 
+@pytest.mark.slow
 def test_export_then_import_into_an_empty_store_gives_the_same_model(
     tmp_path: Path, runs: dict[str, TrainingRun], bundled_csv: Path, bundled: Dataset
 ) -> None:

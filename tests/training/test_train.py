@@ -18,6 +18,7 @@ from training.dataset import write_csv
 from wdbc import FEATURE_NAMES, MALIGNANT_LABEL, ModelMetadata
 
 
+@pytest.mark.slow
 def test_gate_passes_for_most_seeds(bundled) -> None:
     """The gate is a property of the method, not of a lucky seed."""
     passed = [seed for seed in range(10) if not training.train(bundled, seed).gate_failures]
