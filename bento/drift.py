@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Literal
 
@@ -130,21 +131,29 @@ class WorkerRows:
     def __init__(self, path: Path, capacity: int, pod_started: float) -> None:
         self.path, self.capacity = path, capacity
         self.rows, self.seen = np.empty((0, _COLUMNS)), 0
-        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = []
+        # What came since the last flush: only its newest `capacity` rows are kept, whatever the load.
+        self._pending: deque[tuple[np.ndarray, np.ndarray, np.ndarray, float]] = deque()
+        self._pending_rows = self._unsaved = 0
         saved = _load(path, pod_started)  # a replaced worker's rows are this one's to keep
         if saved is not None:
             self.rows, self.seen = saved
 
     def record(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
-        self._pending.append((features, logits, malignant, time.time()))
+        self._pending.append(
+            (features[-self.capacity :], logits[-self.capacity :], malignant[-self.capacity :], time.time())
+        )
+        self._pending_rows += min(len(features), self.capacity)
+        self._unsaved += len(features)
+        while self._pending_rows - len(self._pending[0][0]) >= self.capacity:
+            self._pending_rows -= len(self._pending.popleft()[0])
 
     def flush(self) -> None:
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        pending, self._pending, self._pending_rows = self._pending, deque(), 0
         new = np.vstack([np.column_stack((f, lg, m, np.full(len(f), t))) for f, lg, m, t in pending])
         self.rows = np.vstack((self.rows, new))[-self.capacity :]
-        self.seen += len(new)
+        self.seen, self._unsaved = self.seen + self._unsaved, 0
         _replace(self.path, self._save)
 
     def _save(self, path: Path) -> None:

@@ -9,7 +9,8 @@ The HTTP parser frames requests (bento/hooks.py); the edge decides, before Bento
    per WEIGHT_BYTES received); checked (bento/requests.py) and held to the model's hard limits.
 Every refusal is answered here in the error contract's shape and logged at a bounded rate. Every
 answer carries X-Request-ID and `Cache-Control: no-store`, and `Connection: close` when the pod drains
-or the request's body was left unread, so that no connection is kept to read gigabytes for nothing.
+or a request's body larger than a row was left unread: no connection is kept to read gigabytes for
+nothing.
 """
 
 from __future__ import annotations
@@ -139,10 +140,10 @@ class Edge:
             if answer is None and route.body:
                 answer = await self._serve_api(scope, receive, reply, route)
             elif answer is None:
-                reply.close = _declares_body(scope["headers"])  # a GET with a body: not read, not kept
+                reply.close = _large_body(scope["headers"])  # a GET with a body: not read, not kept
                 await self.app(scope, receive, reply)
             if answer is not None:
-                reply.close = reply.close or _declares_body(scope["headers"])
+                reply.close = reply.close or _large_body(scope["headers"])
                 self._log(scope, answer)
                 await reply.error(answer)
         finally:
@@ -311,11 +312,15 @@ def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return f"{random.getrandbits(64):016x}"
 
 
-def _declares_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    return any(
-        (name == b"content-length" and value != b"0") or name == b"transfer-encoding"
-        for name, value in headers
-    )
+def _large_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a body left unread may be larger than a row: then the connection is closed rather than
+    kept, which would make the parser read it to throw it away."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (
+            name == b"content-length" and int(value) > config.SINGLE_ROW_BYTES
+        ):
+            return True
+    return False
 
 
 def _check_head(headers: list[tuple[bytes, bytes]], limit: int) -> ErrorAnswer | None:

@@ -78,6 +78,11 @@ def _matrix(rows: list[Any]) -> np.ndarray | None:
         values = [_row_values(row) for row in rows]
     else:
         return None
+    if len(values) <= 4:  # a few rows: checking each value in Python beats numpy's fixed costs
+        numbers = (float, int)  # not bool: type() is exact
+        if all(type(v) in numbers and 0 <= v <= MAX_FEATURE_VALUE for row in values for v in row):
+            return np.array(values, dtype=np.float64)
+        return None
     try:
         matrix = np.array(values)
     except (ValueError, TypeError):  # a list or object in place of a number
