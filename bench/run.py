@@ -86,7 +86,7 @@ PROBABILITY_TOLERANCE = 1e-9
 ANSWER_FIELDS = {"diagnosis", "probability_malignant", "threshold", "model_tag", "warnings", "reason"}
 SINGLE_ROW = json.dumps(MALIGNANT_EXAMPLE).encode()
 
-# The issues' targets, printed beside the numbers and never asserted: speed is measured, not tested.
+# The project's speed targets, printed beside the numbers and never asserted: speed is measured, not tested.
 TARGET_SINGLE_VS_HAND_WRITTEN = 0.9
 TARGET_SINGLE_VS_LIMIT = 0.5
 TARGET_SINGLE_P99_MS = 10.0
@@ -575,7 +575,7 @@ def _target(name: str, value: float | None, op: str, bound: float, fmt: str, not
 def evaluate_targets(
     results: list[LoadResult], comparisons: list[Comparison], server_info: dict[str, dict]
 ) -> list[dict]:
-    """Each target of the issues with what this run measured and whether it was met (None: not measured)."""
+    """Each speed target with what this run measured and whether it was met (None: not measured)."""
     single, batch = _result(results, "/predict", 1), _result(results, "/predict_batch", TARGET_BATCH_ROWS)
     vs_hand, vs_limit = (_ratio(comparisons, "/predict", 1, baseline) for baseline in (HAND_WRITTEN, LIMIT))
     batch_vs_hand = _ratio(comparisons, "/predict_batch", TARGET_BATCH_ROWS, HAND_WRITTEN)
