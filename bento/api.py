@@ -21,7 +21,6 @@ import bentoml
 import numpy as np
 import orjson
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from loguru import logger
 from pydantic import BaseModel, Field
 from starlette.responses import Response
@@ -57,8 +56,8 @@ ROUTES = {
     "/predict_batch": Route(_POST, "diagnosis", requests.BATCH),
     "/explain": Route(_POST, "diagnosis", requests.ROW, config.SINGLE_ROW_BYTES),
     "/outcomes": Route(_POST, "outcomes", requests.OUTCOMES),
-    "/model": Route(_GET, "model data"),
-    "/drift": Route(_GET, "model data"),
+    "/model": Route(_GET, "model data", model=True),
+    "/drift": Route(_GET, "model data", model=True),
     "/docs.json": Route(_GET, ANY_GROUP),
     "/schema.json": Route(_GET, ANY_GROUP),
     "/": Route(_GET),
@@ -250,9 +249,8 @@ class BreastCancerClassifier:
             self.metrics,
         )
         self._predicted = {label: self.metrics.predictions.labels(label) for label in DIAGNOSES}
-        for (
-            answer
-        ) in DIAGNOSES:  # every series from zero, so that increase() sees a new model's first outcomes
+        # Every series from zero, so that increase() sees a new model's first outcomes.
+        for answer in DIAGNOSES:
             for confirmed in CLASS_LABELS:
                 self.metrics.outcomes.labels(self.model.tag, answer, confirmed).inc(0)
         logger.bind(
@@ -359,27 +357,15 @@ class BreastCancerClassifier:
 info = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def _unavailable() -> JSONResponse:
-    answer = errors.unavailable(
-        "model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
-    )
-    return JSONResponse(
-        answer.body(), answer.status, headers={k.decode(): v.decode() for k, v in answer.headers}
-    )
-
-
 @info.get("/model", response_model=ModelInfo, tags=["Service APIs"])
-async def model_info() -> ModelInfo | JSONResponse:
+async def model_info() -> ModelInfo:
     """The served model: tag, metrics, threshold and its rule, lineage, validity domain, feature meanings and ranges."""
-    model = served()
-    return _unavailable() if model is None else model.info
+    return served().info  # the edge answers 503 while there is none
 
 
 @info.get("/drift", response_model=DriftReport, tags=["Service APIs"])
-async def drift() -> DriftReport | JSONResponse:
+async def drift() -> DriftReport:
     """Input drift of the pod's latest window of live rows against the training rows."""
-    if served() is None:
-        return _unavailable()
     monitor = bentoml.get_current_service().drift
     monitor.rows.flush()  # this worker's latest rows, written here on the event loop
     return await asyncio.to_thread(monitor.report)

@@ -4,7 +4,8 @@ The HTTP parser frames requests (bento/hooks.py); the edge decides, before Bento
 1. where a request goes: 404 for an unknown path, 405 (with Allow) for a method the path does not
    take, 400 without exactly one Host, 431 past MAX_HEADERS fields or MAX_HEAD_BYTES;
 2. who is calling, when AUTH_ENABLED: a token the route group's allow-list admits (kubeauth/);
-3. for an API, its body: read whole within BODY_TIMEOUT_SECONDS and the route's limit; admitted by
+3. whether a model is served, for the routes that need one (503 otherwise);
+4. for an API, its body: read whole within BODY_TIMEOUT_SECONDS and the route's limit; admitted by
    the work it brings, never by what its headers declare (one MAX_CONCURRENCY unit while computed, one
    per WEIGHT_BYTES received); checked (bento/requests.py) and held to the model's hard limits.
 Every refusal is answered here in the error contract's shape and logged at a bounded rate. Every
@@ -46,6 +47,7 @@ class Route:
     group: str | None = None  # the allow-list in config.AUTH_ALLOW admitting callers; None: open to all
     body: str | None = None  # for an API, the kind of JSON body it takes (bento/requests.py)
     body_limit: int = config.MAX_REQUEST_BYTES
+    model: bool = False  # answered 503 while no model is served, as every API is
 
 
 ANY_GROUP = "any"  # open to every caller one of the allow-lists admits
@@ -137,8 +139,10 @@ class Edge:
             answer = self._route(scope, route)
             if answer is None and route.group and self.authenticator:
                 answer = await self._authorize(scope, route.group)
+            if answer is None and (route.model or route.body) and (model := self.served()) is None:
+                answer = errors.MODEL_UNAVAILABLE
             if answer is None and route.body:
-                answer = await self._serve_api(scope, receive, reply, route)
+                answer = await self._serve_api(scope, receive, reply, route, model)
             elif answer is None:
                 reply.close = _large_body(scope["headers"])  # a GET with a body: not read, not kept
                 await self.app(scope, receive, reply)
@@ -191,13 +195,8 @@ class Edge:
         return None
 
     async def _serve_api(
-        self, scope: Scope, receive: Receive, reply: Reply, route: Route
+        self, scope: Scope, receive: Receive, reply: Reply, route: Route, model: Any
     ) -> ErrorAnswer | None:
-        model = self.served()
-        if model is None:
-            return errors.unavailable(
-                "model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
-            )
         if answer := _check_head(scope["headers"], route.body_limit):
             return answer
         held, size, chunks = 0, 0, []  # held: the units this request holds

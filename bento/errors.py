@@ -143,6 +143,11 @@ def unavailable(what: str, message: str) -> ErrorAnswer:
     return ErrorAnswer(503, f"{what} unavailable", ((what, message),), _RETRY)
 
 
+MODEL_UNAVAILABLE = unavailable(
+    "model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
+)
+
+
 def overloaded(limit: int) -> ErrorAnswer:
     message = (
         f"this worker is at its limit of {limit} (a request counts one while computed plus one per "

@@ -6,10 +6,10 @@ needed:
     logit = baseline + sum over features of coefficient_i * standardized value_i
 
 where the baseline is the logit of an average training case (every standardized value 0) and each
-term is that feature's contribution. The answer also says where the row stands against the model's validity domain and which features
-put it outside. Features are grouped by measurement (radius, texture, ...:
+term is that feature's contribution. Features are grouped by measurement (radius, texture, ...:
 mean, standard error and worst of each), sorted by the size of their contribution, with the value's
-percentile among the training rows. Radius, perimeter and area are almost collinear (r ≈ 0.99):
+percentile among the training rows. The answer also says where the row stands against the model's
+validity domain and which features put it outside. Radius, perimeter and area are almost collinear (r ≈ 0.99):
 the model splits their joint effect between them in ways that look odd one by one, so read their
 contributions as a group.
 """
@@ -87,46 +87,39 @@ class Explainer:
 
     def explain(self, row: np.ndarray, domain: ValidityDomain) -> dict:
         """The explanation's fields (all but the diagnosis') for one row of 30 values."""
+        from scipy.special import expit  # in the worker: the arbiter imports this module, never explains
+
         contributions = self.scorer.contributions(row)
         standardized = (row - self.scorer.means) / self.scorer.scales
         count = len(self.sorted_reference)
         percentiles = [
-            100.0 * np.searchsorted(self.sorted_reference[:, index], row[index], side="right") / count
+            100.0 * float(np.searchsorted(self.sorted_reference[:, index], row[index], side="right")) / count
             for index in range(len(FEATURE_NAMES))
         ]
         measurements = []
         for measurement, description in MEASUREMENTS.items():
-            features = []
-            for statistic in STATISTICS:
-                index = FEATURE_NAMES.index(feature_name(measurement, statistic))
-                features.append(
-                    FeatureContribution(
-                        feature=FEATURE_NAMES[index],
-                        value=float(row[index]),
-                        percentile=round(float(percentiles[index]), 1),
-                        standardized=float(standardized[index]),
-                        contribution=float(contributions[index]),
-                        direction=_direction(float(contributions[index])),
-                    )
-                )
-            features.sort(key=lambda item: -abs(item.contribution))
-            total = sum(item.contribution for item in features)
+            indices = [FEATURE_NAMES.index(feature_name(measurement, statistic)) for statistic in STATISTICS]
+            features = sorted(
+                (
+                    {"feature": FEATURE_NAMES[i], "value": float(row[i]), "percentile": round(percentiles[i], 1),
+                     "standardized": float(standardized[i]), "contribution": float(contributions[i]),
+                     "direction": _direction(float(contributions[i]))}
+                    for i in indices
+                ),
+                key=lambda feature: -abs(feature["contribution"]),
+            )  # fmt: skip
+            total = sum(feature["contribution"] for feature in features)
             measurements.append(
-                MeasurementContribution(
-                    measurement=measurement,
-                    description=description,
-                    contribution=total,
-                    direction=_direction(total),
-                    features=features,
-                )
-            )
-        measurements.sort(key=lambda item: -abs(item.contribution))
+                {"measurement": measurement, "description": description, "contribution": total,
+                 "direction": _direction(total), "features": features}
+            )  # fmt: skip
+        measurements.sort(key=lambda item: -abs(item["contribution"]))
         baseline = self.scorer.baseline_logit
         score = float(domain.scores(row[np.newaxis])[0])
         return {
             "logit": baseline + float(contributions.sum()),
-            "baseline": {"logit": baseline, "probability_malignant": float(_expit(baseline))},
-            "measurements": [measurement.model_dump() for measurement in measurements],
+            "baseline": {"logit": baseline, "probability_malignant": float(expit(baseline))},
+            "measurements": measurements,
             "domain": {
                 "inside": score <= domain.threshold,
                 "score": score,
@@ -135,9 +128,3 @@ class Explainer:
             },
             "note": COLLINEAR_NOTE,
         }
-
-
-def _expit(logit: float) -> float:
-    from scipy.special import expit
-
-    return expit(logit)

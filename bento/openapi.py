@@ -77,7 +77,7 @@ EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
     ],
     500: [errors.INTERNAL_ERROR],
     503: [
-        errors.unavailable("model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"),
+        errors.MODEL_UNAVAILABLE,
         errors.overloaded(config.MAX_CONCURRENCY),
     ],
     504: [errors.TIMED_OUT],

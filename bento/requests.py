@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import orjson
@@ -159,11 +159,12 @@ def _outcome_problems(item: Any, index: int) -> list[tuple[str, str]]:
     found += _row_problems(item.get("features"), f"{at}.features.")
     if item.get("diagnosis") not in CLASS_LABELS:
         found.append((f"{at}.diagnosis", f"expected one of {', '.join(CLASS_LABELS)}"))
-    if "request_id" in item and not (
+    # request_id and predicted_at are optional: absent or null
+    if item.get("request_id") is not None and not (
         type(item["request_id"]) is str and REQUEST_ID.fullmatch(item["request_id"])
     ):
         found.append((f"{at}.request_id", "expected 1 to 64 letters, digits or ._:-"))
-    if "predicted_at" in item and _time(item["predicted_at"]) is None:
+    if item.get("predicted_at") is not None and _time(item["predicted_at"]) is None:
         found.append((f"{at}.predicted_at", "expected an RFC 3339 date and time with its offset"))
     return found
 
@@ -211,7 +212,8 @@ def _duplicates(body: bytes) -> list[tuple[str, str]]:
 class _Checked(BaseModel):
     """A request model, built from what the edge checked (hook 2 in bento/hooks.py)."""
 
-    _features: np.ndarray | None = PrivateAttr(default=None)
+    KIND: ClassVar[str]
+    _checked: Checked | None = PrivateAttr(default=None)
 
     @classmethod
     def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Any:
@@ -221,25 +223,27 @@ class _Checked(BaseModel):
         global reused
         reused += 1
         model = cls.model_construct(**checked.payload)  # pydantic's constructor for validated data
-        model._features = checked.features
+        model._checked = checked
         return model
+
+    @property
+    def checked(self) -> Checked:
+        """The body as the edge checked it; checked again if pydantic built this (hook 2 out of effect)."""
+        if self._checked is None:
+            found = check(self.KIND, orjson.dumps(self.model_dump(mode="json", exclude_none=True)))
+            if isinstance(found, ErrorAnswer):
+                raise ValueError(f"a validated request fails the edge's check: {found.detail}")
+            self._checked = found
+        return self._checked
 
     @property
     def features(self) -> np.ndarray:
         """The rows as a (rows, 30) matrix in model order."""
-        if self._features is None:  # validated by pydantic: hook 2 was not in effect
-            self._features = np.array([_row_values(self._dump(row)) for row in self.rows()], dtype=np.float64)
-        return self._features
-
-    def rows(self) -> list[Any]:
-        return [self]
-
-    @staticmethod
-    def _dump(row: Any) -> dict[str, float]:
-        return row if isinstance(row, dict) else row.model_dump()
+        return self.checked.features
 
 
 class _Row(_Checked):
+    KIND: ClassVar[str] = ROW
     model_config = ConfigDict(extra="forbid", json_schema_extra={"example": MALIGNANT_EXAMPLE})
 
 
@@ -257,13 +261,11 @@ Features = create_model(
 
 
 class BatchRequest(_Checked):
+    KIND: ClassVar[str] = BATCH
     instances: list[Features] = Field(min_length=1, max_length=MAX_BATCH_ROWS)  # type: ignore[valid-type]
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"example": {"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE]}}
     )
-
-    def rows(self) -> list[Any]:
-        return self.instances
 
 
 class Outcome(BaseModel):
@@ -279,6 +281,7 @@ class Outcome(BaseModel):
 
 
 class OutcomeBatch(_Checked):
+    KIND: ClassVar[str] = OUTCOMES
     outcomes: list[Outcome] = Field(min_length=1, max_length=MAX_BATCH_ROWS)
     model_config = ConfigDict(
         extra="forbid",
@@ -287,12 +290,9 @@ class OutcomeBatch(_Checked):
         },
     )
 
-    def rows(self) -> list[Any]:
-        return [self._dump(item)["features"] for item in self.outcomes]
-
     def confirmed(self) -> list[str]:
-        return [self._dump(item)["diagnosis"] for item in self.outcomes]
+        return [item["diagnosis"] for item in self.checked.payload["outcomes"]]
 
     def predicted_times(self) -> list[datetime]:
-        times = [self._dump(item).get("predicted_at") for item in self.outcomes]
-        return [_time(when) if isinstance(when, str) else when for when in times if when is not None]
+        items = self.checked.payload["outcomes"]
+        return [_time(item["predicted_at"]) for item in items if item.get("predicted_at") is not None]
