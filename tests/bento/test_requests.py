@@ -154,6 +154,9 @@ def test_outcomes_carry_their_labels_and_times() -> None:
     assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": "2026-12-01"}]})) == [
         "outcomes[0].predicted_at"
     ]
+    # Optional means absent or null, as the OpenAPI document says.
+    nulls = check(OUTCOMES, {"outcomes": [{**outcome, "request_id": None, "predicted_at": None}]})
+    assert nulls.features.shape == (1, len(FEATURE_NAMES))
 
 
 def test_nothing_a_body_holds_is_a_server_error() -> None:
