@@ -49,6 +49,7 @@ from wdbc.domain import ValidityDomain
 
 INDETERMINATE = "indeterminate"
 DIAGNOSES = (*CLASS_LABELS, INDETERMINATE)
+SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js")
 _GET, _POST = frozenset({"GET", "HEAD"}), frozenset({"POST"})
 # Every path the service answers, who may call it and the body it takes: the edge routes by it.
 ROUTES = {
@@ -64,6 +65,8 @@ ROUTES = {
     "/livez": Route(_GET),
     "/healthz": Route(_GET),
     "/readyz": Route(_GET),
+    # The Swagger page's assets (bento/static/index.html), which BentoML serves.
+    **{f"/static_content/{name}": Route(_GET) for name in SWAGGER_ASSETS},
 }
 
 

@@ -36,7 +36,6 @@ from kubeauth import Authenticator, Denied, Source, allows
 from wdbc import FEATURE_NAMES
 
 _CLIENT_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")  # a client's X-Request-ID is kept when it looks like one
-STATIC = "/static_content/"  # BentoML's static files: the Swagger UI's assets
 # Set around the edge's start-up round trip (bento/hooks.py): the API does not count or record it.
 RECORDING: ContextVar[bool] = ContextVar("recording", default=True)
 
@@ -67,7 +66,6 @@ AUTHENTICATOR = (
     if config.AUTH_ENABLED
     else None
 )
-_STATIC_ROUTE = Route(frozenset({"GET", "HEAD"}))
 
 
 class DrainSwitch:
@@ -133,8 +131,8 @@ class Edge:
         started, path = time.perf_counter(), scope["path"]
         tokens = REQUEST_ID.set(_request_id(scope["headers"])), CALLER.set(None)
         reply = Reply(send, REQUEST_ID.get())
-        route = self.routes.get(path) or (_STATIC_ROUTE if path.startswith(STATIC) else None)
-        endpoint = path if path in self.routes else STATIC if route else "other"
+        route = self.routes.get(path)
+        endpoint = path if route else "other"
         try:
             answer = self._route(scope, route)
             if answer is None and route.group and self.authenticator:

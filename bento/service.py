@@ -44,7 +44,7 @@ BreastCancerClassifier = bentoml.asgi_app(api.info, path="/")(
         workers=config.WORKERS,
         resources={"cpu": "1", "memory": "512Mi"},
         # The edge answers a request that takes REQUEST_TIMEOUT_SECONDS; BentoML's own timeout is the backstop.
-        traffic={"timeout": config.REQUEST_TIMEOUT_SECONDS + 5},
+        traffic={"timeout": config.BACKSTOP_TIMEOUT_SECONDS},
         # The edge counts requests by route (bento/metrics.py): BentoML's metrics label them by the raw
         # path, a series for every path a client invents, and cost a tenth of a single-row request.
         metrics={"enabled": False},

@@ -214,6 +214,8 @@ CASES = [
     ),
     ("unknown-path", "GET", "/no/such/endpoint", None, {}, 404, "path"),
     ("unknown-path-post", "POST", "/predict_many", EXAMPLE_TEXT, JSON, 404, "path"),
+    ("unknown-static-file", "GET", "/static_content/no-such-file.js", None, {}, 404, "path"),
+    ("post-on-static-file", "POST", "/static_content/swagger-ui.css", EXAMPLE_TEXT, JSON, 405, "method"),
     ("get-on-predict", "GET", "/predict", None, {}, 405, "method"),
     ("post-on-model", "POST", "/model", EXAMPLE_TEXT, JSON, 405, "method"),
 ]

@@ -4,6 +4,7 @@ the HTTP framing cases are in test_edge.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -160,7 +161,10 @@ def test_huge_names_and_paths_are_cut_in_the_log(hostile: Server) -> None:
     httpx.post(
         f"{hostile.url}/predict_batch", json={"instances": [{**MALIGNANT_EXAMPLE, "n" * 1_000_000: 1.0}]}
     )
-    httpx.post(f"{hostile.url}{random_path(60_000)}", content=b"{}")
+    # A request line over the parser's 16 KiB head limit is refused with a close, which a client still
+    # sending may see as a reset instead of the 400.
+    with contextlib.suppress(httpx.TransportError):
+        httpx.post(f"{hostile.url}{random_path(60_000)}", content=b"{}")
     longest = max(len(line) for line in hostile.log().splitlines())
     assert longest < 10_000, longest
 
