@@ -360,12 +360,14 @@ class BreastCancerClassifier:
 info = FastAPI(title="model info", docs_url=None, redoc_url=None, openapi_url=None)
 
 
+@info.head("/model", include_in_schema=False)  # FastAPI's GET routes take no HEAD: uvicorn drops the body
 @info.get("/model", response_model=ModelInfo, tags=["Service APIs"])
 async def model_info() -> ModelInfo:
     """The served model: tag, metrics, threshold and its rule, lineage, validity domain, feature meanings and ranges."""
     return served().info  # the edge answers 503 while there is none
 
 
+@info.head("/drift", include_in_schema=False)
 @info.get("/drift", response_model=DriftReport, tags=["Service APIs"])
 async def drift() -> DriftReport:
     """Input drift of the pod's latest window of live rows against the training rows."""

@@ -51,9 +51,13 @@ class DeadlineH11Protocol(H11Protocol):
         self._await_head()
 
     def data_received(self, data: bytes) -> None:
+        was_idle = self.conn.their_state is h11.IDLE
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE and self._deadline is not None:
-            self._deadline.cancel()
+        if self.conn.their_state is not h11.IDLE:
+            if self._deadline is not None:
+                self._deadline.cancel()
+        elif not was_idle:  # the rest of a body that came after its answer: idle again, from now
+            self._await_head()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()

@@ -120,7 +120,7 @@ class Rejections:
         self.second = 0
         self.logged = self.suppressed = 0
 
-    def log(self, level: str, message: str, **fields: Any) -> None:
+    def log(self, level: str, message: str, exception: BaseException | None = None, **fields: Any) -> None:
         second = int(time.monotonic())
         if second != self.second:
             self.second, self.logged = second, 0
@@ -131,7 +131,7 @@ class Rejections:
         self.logged += 1
         if self.suppressed:
             fields["suppressed_before"], self.suppressed = self.suppressed, 0
-        logger.bind(**fields).log(level, message)
+        logger.bind(**fields).opt(exception=exception).log(level, message)
 
 
 class PredictionLog:

@@ -23,12 +23,14 @@ hooks.install()
 SWAGGER_PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
 
 
+@api.info.head("/", include_in_schema=False)
 @api.info.get("/", include_in_schema=False)
 async def swagger_ui() -> HTMLResponse:
     """The Swagger UI page, served here before BentoML's (which loads a third-party tag manager)."""
     return HTMLResponse(SWAGGER_PAGE)
 
 
+@api.info.head("/docs.json", include_in_schema=False)
 @api.info.get("/docs.json", include_in_schema=False)
 async def openapi_document() -> JSONResponse:
     """BentoML's OpenAPI document, made to say what the service does (bento/openapi.py)."""

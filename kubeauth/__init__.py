@@ -171,8 +171,8 @@ class Authenticator:
     async def _key_for(self, token: str) -> jwt.PyJWK:
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.DecodeError:
-            raise Denied(401, "malformed", "the bearer token is not a JWT") from None
+        except jwt.InvalidTokenError as error:  # not a JWT, or a header PyJWT refuses (a kid not a string)
+            raise Denied(401, "malformed", f"the bearer token is not a JWT: {str(error)[:200]}") from None
         if header.get("alg") not in ALGORITHMS:
             raise Denied(401, "algorithm", f"algorithm not accepted; accepted: {', '.join(ALGORITHMS)}")
         kid = header.get("kid")

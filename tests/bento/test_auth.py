@@ -109,6 +109,8 @@ def test_ec_keys_and_named_accounts_are_accepted(guarded: Server, issuer: Issuer
         ("not-a-jwt", "not a JWT"),
         ("alg-none", "algorithm"),
         ("hs256-with-the-public-key", "algorithm"),
+        ("key-id-not-a-string", "not a JWT"),
+        ("critical-extension", "not a JWT"),
     ],
 )
 def test_tokens_that_prove_nothing_get_401(guarded: Server, issuer: Issuer, case: str, expected: str) -> None:
@@ -130,15 +132,23 @@ def test_tokens_that_prove_nothing_get_401(guarded: Server, issuer: Issuer, case
         "not-a-jwt": "definitely-not-a-token",
         "alg-none": _unsigned(claims, rsa_key.kid),
         "hs256-with-the-public-key": _hmac_with(public_pem, claims, rsa_key.kid),
+        "key-id-not-a-string": _signed_as({"alg": "RS256", "kid": 1}, claims),
+        "critical-extension": _signed_as({"alg": "RS256", "kid": rsa_key.kid, "crit": "x"}, claims),
     }
     assert expected in unauthenticated(call(guarded, tokens[case]))
 
 
-def _unsigned(claims: dict, kid: str) -> str:
-    def part(value: dict) -> str:
-        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+def _part(value: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
-    return f"{part({'alg': 'none', 'kid': kid})}.{part(claims)}."
+
+def _unsigned(claims: dict, kid: str) -> str:
+    return f"{_part({'alg': 'none', 'kid': kid})}.{_part(claims)}."
+
+
+def _signed_as(header: dict, claims: dict) -> str:
+    """A token whose header JWT libraries refuse to read, whatever its signature."""
+    return f"{_part(header)}.{_part(claims)}.c2lnbmF0dXJl"
 
 
 def _hmac_with(secret: bytes, claims: dict, kid: str) -> str:

@@ -221,6 +221,37 @@ def test_idle_connections_are_closed(edge: Server) -> None:
         assert kept.closed_within(HEADER_TIMEOUT + 1.5), "an idle keep-alive connection stays open"
 
 
+def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(edge: Server) -> None:
+    """The answer comes before the body (a GET's small body is not read); the body then ends the
+    request, and the connection, idle, is closed as any other."""
+    with Connection(edge) as connection:
+        connection.send(request("GET", "/livez", content_length=1))
+        assert connection.answer().status == 200
+        connection.send(b"x")
+        assert connection.closed_within(HEADER_TIMEOUT + 1.5), "the idle connection stays open"
+
+
+@pytest.mark.parametrize(
+    "content_types",
+    [["multipart/form-data", "application/json"], ["application/json", "application/json"]],
+    ids=["multipart-first", "repeated"],
+)
+def test_more_than_one_content_type_gets_400(edge: Server, content_types: list[str]) -> None:
+    head = "".join(f"Content-Type: {value}\r\n" for value in content_types)
+    raw = f"POST /predict HTTP/1.1\r\nHost: x\r\n{head}Content-Length: {len(ROW)}\r\n\r\n".encode() + ROW
+    answer = exchange(edge, raw)
+    assert answer is not None and answer.status == 400
+    assert answer.json()["detail"][0]["field"] == "content-type"
+
+
+@pytest.mark.parametrize("path", ["/model", "/drift", "/", "/docs.json", "/schema.json", "/livez"])
+def test_head_is_answered_as_get_without_the_body(edge: Server, path: str) -> None:
+    got, head = httpx.get(f"{edge.url}{path}"), httpx.head(f"{edge.url}{path}")
+    assert head.status_code == got.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+
+
 @pytest.mark.parametrize("path", ["/predict_batch", "/predict", "/model"])
 def test_a_refused_declared_body_closes_the_connection(edge: Server, path: str) -> None:
     method = "GET" if path == "/model" else "POST"

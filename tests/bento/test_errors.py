@@ -343,3 +343,30 @@ def test_unavailable_model_is_not_ready_and_answers_503(unavailable_server) -> N
     assert response.status_code == 503 and assert_error_shape(response)["error"] == "model unavailable"
     log = server.log()
     assert all(expected in log for expected in UNAVAILABLE_MODELS[tag]), log
+
+
+def test_an_error_of_ours_in_the_edge_is_answered_500_in_the_contracts_shape() -> None:
+    """In-process: no client input is known to raise inside the edge, so an app that does stands in."""
+    import asyncio
+
+    from bento.edge import Edge, Route
+
+    async def broken(scope, receive, send) -> None:
+        raise RuntimeError("a bug")
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    messages: list[dict] = []
+
+    async def send(message: dict) -> None:
+        messages.append(message)
+
+    edge = Edge(broken, routes={"/livez": Route(frozenset({"GET"}))}, served=lambda: None)
+    scope = {"type": "http", "method": "GET", "path": "/livez", "raw_path": b"/livez", "query_string": b"",
+             "http_version": "1.1", "headers": [(b"host", b"x")]}  # fmt: skip
+    asyncio.run(edge(scope, receive, send))
+    start, body = messages[0], b"".join(message.get("body", b"") for message in messages[1:])
+    headers = dict(start["headers"])
+    assert start["status"] == 500 and headers[b"connection"] == b"close" and b"x-request-id" in headers
+    assert json.loads(body) == {"error": "internal server error", "detail": []}
