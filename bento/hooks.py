@@ -40,7 +40,8 @@ _failed: dict[str, str] = {}
 
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within
-    HEADER_TIMEOUT_SECONDS of connecting or of its previous answer (slow headers, idle connections)."""
+    HEADER_TIMEOUT_SECONDS of connecting or of its previous answer (slow headers, idle connections),
+    or, answered before its body was read (a refusal), the rest of that body."""
 
     in_use = False
     _deadline: asyncio.TimerHandle | None = None
@@ -48,34 +49,36 @@ class DeadlineH11Protocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         DeadlineH11Protocol.in_use = True
         super().connection_made(transport)
-        self._await_head()
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         was_idle = self.conn.their_state is h11.IDLE
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
+        if self.conn.our_state is h11.DONE:  # answered, the body still arriving: the deadline stands
+            return
+        if self.conn.their_state is not h11.IDLE:  # a request being read or answered
             if self._deadline is not None:
                 self._deadline.cancel()
-        elif not was_idle:  # the rest of a body that came after its answer: idle again, from now
-            self._await_head()
+        elif not was_idle:  # the rest of an answered request's body has come: idle, from now
+            self._arm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE:
-            self._await_head()
+        self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
         super().connection_lost(exc)
 
-    def _await_head(self) -> None:
+    def _arm(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.loop.call_later(config.HEADER_TIMEOUT_SECONDS, self._close_without_head)
+        self._deadline = self.loop.call_later(config.HEADER_TIMEOUT_SECONDS, self._close_if_waiting)
 
-    def _close_without_head(self) -> None:
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+    def _close_if_waiting(self) -> None:
+        waiting = self.conn.their_state is h11.IDLE or self.conn.our_state is h11.DONE
+        if waiting and not self.transport.is_closing():
             self.transport.close()
 
 

@@ -3,10 +3,11 @@
 Settings (LOG_LEVEL, LOG_FILE, PREDICTION_SUMMARY_SECONDS) are described in k8s/runtime-contract.yaml.
 Every line about a request carries its `request_id` and, for an authenticated caller, its `caller`
 (both set by bento/edge.py). Predictions are logged one line each at DEBUG and summarised at INFO
-every PREDICTION_SUMMARY_SECONDS per worker; rejected requests are logged at most REJECTIONS_PER_SECOND
-a second per worker, the rest counted. BentoML, uvicorn and circus log through the standard library;
-their records are routed into loguru, so every line on stdout is JSON, with messages cut to
-MAX_MESSAGE characters (they can quote what a client sent).
+every PREDICTION_SUMMARY_SECONDS per worker; rejected requests (the edge's refusals, and the
+parser's) are logged at most REJECTIONS_PER_SECOND a second each per worker, the rest counted.
+BentoML, uvicorn and circus log through the standard library; their records are routed into loguru,
+so every line on stdout is JSON, with messages cut to MAX_MESSAGE characters (they can quote what a
+client sent).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
 # uvicorn warns at every `Upgrade: h2c` offer it declines, which some clients make on every request.
 _QUIET = frozenset({"Unsupported upgrade request."})
+_PARSER_REFUSAL = "Invalid HTTP request received."  # uvicorn's, for each request its parser refuses
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -76,6 +78,9 @@ class _InterceptHandler(logging.Handler):
         if record.exc_info and isinstance(record.exc_info[1], ValidationError):
             return  # BentoML logs a client's validation error with a traceback quoting the input
         if record.msg in _QUIET:
+            return
+        if record.msg == _PARSER_REFUSAL:  # a client's malformed request: rate-limited as the edge's refusals
+            _parser_refusals.log("WARNING", record.msg, logger=record.name)
             return
         try:
             level: str | int = logger.level(record.levelname).name
@@ -132,6 +137,15 @@ class Rejections:
         if self.suppressed:
             fields["suppressed_before"], self.suppressed = self.suppressed, 0
         logger.bind(**fields).opt(exception=exception).log(level, message)
+
+
+def _count_suppressed() -> None:
+    from bento.metrics import service_metrics
+
+    service_metrics().suppressed.inc()
+
+
+_parser_refusals = Rejections(_count_suppressed)
 
 
 class PredictionLog:

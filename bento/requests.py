@@ -13,6 +13,7 @@ never with its number of problems, and at most MAX_LISTED_PROBLEMS are listed.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from contextvars import ContextVar
@@ -35,7 +36,11 @@ ROW, BATCH, OUTCOMES = "row", "batch", "outcomes"
 LISTS = {BATCH: "instances", OUTCOMES: "outcomes"}
 FEATURES = frozenset(FEATURE_NAMES)
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_RFC_3339 = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)")
 _row_values = itemgetter(*FEATURE_NAMES)
+# The objects and lists a valid body holds at most: the batch, its list, a row per item (and an
+# outcome's features).
+_MOST_CONTAINERS = {ROW: 1, BATCH: 2 + MAX_BATCH_ROWS, OUTCOMES: 2 + 2 * MAX_BATCH_ROWS}
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,18 @@ reused = 0  # bodies BentoML took from CHECKED: the start-up round trip looks fo
 def check(kind: str, body: bytes) -> Checked | ErrorAnswer:
     """The body of a ROW, BATCH or OUTCOMES request as features, or the answer refusing it. (The model's
     hard limits are the edge's next check; `refused` words that answer.)"""
+    # A parsed body holds no reference cycles, yet the garbage collector tracks each of its lists and
+    # objects: its passes over a megabyte of tiny lists cost twice the parse. Paused while checking.
+    if not gc.isenabled():
+        return _check(kind, body)
+    gc.disable()
+    try:
+        return _check(kind, body)
+    finally:
+        gc.enable()
+
+
+def _check(kind: str, body: bytes) -> Checked | ErrorAnswer:
     try:
         payload = orjson.loads(body)  # RFC 8259: no NaN or Infinity, no number beyond a double
     except orjson.JSONDecodeError as error:
@@ -62,7 +79,8 @@ def check(kind: str, body: bytes) -> Checked | ErrorAnswer:
     # An outcome's time has colons of its own: outcomes, few, always take the careful path.
     matrix = None if rows is None or kind == OUTCOMES else _matrix(rows)
     if matrix is None or body.count(b":") != len(FEATURE_NAMES) * len(rows) + (kind == BATCH):
-        if found := _duplicates(body) + _problems(kind, payload):
+        # What the parser kept first, then what it dropped: the keys sent twice.
+        if found := _problems(kind, payload) or _duplicates(kind, body):
             return errors.problems(found, len(found))
         matrix = _matrix([item["features"] for item in rows] if kind == OUTCOMES else rows)
     return Checked(body, payload, matrix)
@@ -170,11 +188,13 @@ def _outcome_problems(item: Any, index: int) -> list[tuple[str, str]]:
 
 
 def _time(value: Any) -> datetime | None:
-    try:
-        when = datetime.fromisoformat(value) if type(value) is str and len(value) <= 40 else None
-    except ValueError:
+    """An RFC 3339 date and time (datetime.fromisoformat alone also takes week dates, no seconds...)."""
+    if type(value) is not str or not _RFC_3339.fullmatch(value):
         return None
-    return when if when is not None and when.tzinfo is not None else None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:  # a day or hour that does not exist
+        return None
 
 
 class _Pairs(dict):
@@ -185,8 +205,13 @@ class _Pairs(dict):
         self.sent = [key for key, _ in pairs]
 
 
-def _duplicates(body: bytes) -> list[tuple[str, str]]:
-    """Every key that appears twice in one object, by its path."""
+def _duplicates(kind: str, body: bytes) -> list[tuple[str, str]]:
+    """Every key that appears twice in one object, by its path, in a body whose parsed value is valid."""
+    # A valid body has no brackets in its strings, and at most these objects and lists; more come from
+    # the earlier values of repeated keys, which are then not worth reading again (they can be megabytes
+    # of small objects, each a call into Python).
+    if body.count(b"{") + body.count(b"[") > _MOST_CONTAINERS[kind]:
+        return [("body", "duplicate key: an object or list is given and then replaced by a later value")]
     found: list[tuple[str, str]] = []
 
     def visit(node: Any, path: str) -> None:
@@ -204,7 +229,9 @@ def _duplicates(body: bytes) -> list[tuple[str, str]]:
 
     try:
         visit(json.loads(body, object_pairs_hook=_Pairs), "")
-    except (ValueError, RecursionError):  # orjson parsed it; a nesting too deep for json is no row
+    except RecursionError:  # orjson takes deeper nesting than json; no valid body nests more than 4
+        return [("body", "duplicate key: a value nested too deeply, then replaced by a later value")]
+    except ValueError:  # orjson parsed it; json's reading differs (an encoding it guesses otherwise)
         pass
     return found
 

@@ -221,13 +221,16 @@ def test_idle_connections_are_closed(edge: Server) -> None:
         assert kept.closed_within(HEADER_TIMEOUT + 1.5), "an idle keep-alive connection stays open"
 
 
-def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(edge: Server) -> None:
-    """The answer comes before the body (a GET's small body is not read); the body then ends the
-    request, and the connection, idle, is closed as any other."""
+@pytest.mark.parametrize(("declared", "sent"), [(1, b"x"), (100, b"{")], ids=["whole-body", "part-of-it"])
+def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(
+    edge: Server, declared: int, sent: bytes
+) -> None:
+    """The answer comes before the body (a GET's small body is not read); then the body, or part of
+    it, and silence: the connection is closed as any idle one."""
     with Connection(edge) as connection:
-        connection.send(request("GET", "/livez", content_length=1))
+        connection.send(request("GET", "/livez", content_length=declared))
         assert connection.answer().status == 200
-        connection.send(b"x")
+        connection.send(sent)
         assert connection.closed_within(HEADER_TIMEOUT + 1.5), "the idle connection stays open"
 
 
@@ -330,6 +333,21 @@ def test_a_duplicate_json_key_gets_422_naming_it(edge: Server, path: str, body: 
 
 
 @pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/predict", _duplicated(json.dumps(MALIGNANT_EXAMPLE), "radius_mean", "[" * 995 + "]" * 995)),
+        ("/predict", _duplicated(json.dumps(MALIGNANT_EXAMPLE), "radius_mean", "[" + "{}," * 1000 + "{}]")),
+        ("/predict_batch", b'{"instances": [' + b"[" * 995 + b"]" * 995 + b'], "instances": [' + ROW + b"]}"),
+    ],
+    ids=["nested-deeper-than-json-reads", "many-objects", "batch-nested"],
+)
+def test_a_key_repeated_after_a_deep_or_large_value_gets_422(edge: Server, path: str, body: bytes) -> None:
+    response = httpx.post(f"{edge.url}{path}", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["message"].startswith("duplicate key")
+
+
+@pytest.mark.parametrize(
     ("method", "path", "body"),
     [
         ("POST", "/predict", MALIGNANT_EXAMPLE),
@@ -405,6 +423,19 @@ def test_rejections_are_logged_at_a_bounded_rate(edge: Server) -> None:
     assert len(rejected) <= 20 * (seconds + 2) * 2  # at most 20 lines a second in each of 2 workers
     suppressed = re.search(r"^log_lines_suppressed_total (\S+)$", metrics(edge), re.MULTILINE)
     assert suppressed and float(suppressed.group(1)) + len(rejected) >= 3000
+
+
+def test_requests_the_parser_refuses_are_logged_at_a_bounded_rate(edge: Server) -> None:
+    before = len(edge.log().splitlines())
+    started = time.monotonic()
+    for _ in range(600):
+        exchange(edge, b"NOT HTTP AT ALL\r\n\r\n", timeout=2)
+    seconds = time.monotonic() - started
+    time.sleep(1.5)
+    lines = [json.loads(line) for line in edge.log().splitlines()[before:] if line.startswith("{")]
+    refused = [line for line in lines if line["message"] == "Invalid HTTP request received."]
+    print(f"600 malformed requests in {seconds:.1f} s: {len(refused)} log lines")
+    assert 0 < len(refused) <= 20 * (seconds + 2) * 2
 
 
 @pytest.mark.slow

@@ -102,6 +102,27 @@ def _cpu_per_request(server: Server, body: bytes, repeats: int = 5) -> tuple[flo
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "item",
+    [b"{}", b'{"a": 1, "a": 1}', b"[]"],
+    ids=["empty-objects", "objects-repeating-a-key", "empty-lists"],
+)
+def test_megabytes_of_tiny_values_cost_no_more_than_a_valid_batch(hostile: Server, item: bytes) -> None:
+    """Each tiny object costs the parser a call into Python; a key repeated after them hides them."""
+    count = (2 * 1024 * 1024 - 100) // (len(item) + 1)
+    for hostile_body in (
+        b'{"instances": [' + b",".join([item] * count) + b"]}",
+        b'{"instances": [' + b",".join([item] * (count // 2)) + b'], "instances": [' + json.dumps(MALIGNANT_EXAMPLE).encode() + b"]}",
+    ):  # fmt: skip
+        hostile_cpu, response = _cpu_per_request(hostile, hostile_body, repeats=3)
+        valid_cpu, _ = _cpu_per_request(hostile, _valid_batch(1000), repeats=3)
+        print(f"{len(hostile_body) / 1e6:.2f} MB of {item!r}: {hostile_cpu * 1000:.1f} ms CPU; "
+              f"a valid 1000-row batch: {valid_cpu * 1000:.1f} ms")  # fmt: skip
+        assert response.status_code == 422 and len(response.content) < SMALL_ANSWER
+        assert hostile_cpu < 4 * valid_cpu * len(hostile_body) / len(_valid_batch(1000)) + 0.05
+
+
+@pytest.mark.slow
 def test_sixty_thousand_unknown_fields_get_a_small_fast_422(hostile: Server) -> None:
     row = {**MALIGNANT_EXAMPLE, **{f"unknown_field_{i:05d}": 1.0 for i in range(60_000)}}
     hostile_body = json.dumps({"instances": [row]}).encode()

@@ -151,9 +151,15 @@ def test_outcomes_carry_their_labels_and_times() -> None:
     assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "request_id": "x" * 65}]})) == [
         "outcomes[0].request_id"
     ]
-    assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": "2026-12-01"}]})) == [
-        "outcomes[0].predicted_at"
-    ]
+    for not_rfc_3339 in ("2026-12-01", "2026-W01-1T00:00Z", "2026-12-01T10:00Z", "2026-12-01T10:00:00"):
+        assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": not_rfc_3339}]})) == [
+            "outcomes[0].predicted_at"
+        ], not_rfc_3339
+    for rfc_3339 in ("2026-12-01T10:00:00.123456+01:00", "2026-12-01 10:00:00Z"):
+        assert check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": rfc_3339}]}).features.shape == (
+            1,
+            30,
+        )
     # Optional means absent or null, as the OpenAPI document says.
     nulls = check(OUTCOMES, {"outcomes": [{**outcome, "request_id": None, "predicted_at": None}]})
     assert nulls.features.shape == (1, len(FEATURE_NAMES))
