@@ -277,11 +277,13 @@ class Edge:
             requests.CHECKED.reset(token)
 
     def _on_lifespan(self, scope: Scope, send: Send) -> Send:
-        """Once the worker has started: the signing keys kept fresh, and the hooks' round trip."""
+        """Once the worker has started, before it takes connections: the signing keys fetched (a worker
+        serving without them would answer 503) and kept fresh, and the hooks' round trip."""
 
         async def send_after(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
                 if self.authenticator is not None:
+                    await self.authenticator.refresh()
                     self._keys = asyncio.ensure_future(self.authenticator.keep_keys_fresh())
                 if (model := self.served()) is not None:
                     await hooks.check_round_trip(self, scope, model)

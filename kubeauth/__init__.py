@@ -91,10 +91,11 @@ class Authenticator:
         return self._keys is not None
 
     async def keep_keys_fresh(self) -> None:
-        """Fetch the keys now, then every AUTH_JWKS_REFRESH_SECONDS (every few seconds while none are loaded)."""
+        """After the first `refresh`: fetch the keys every `refresh_seconds` (every few seconds while none
+        are loaded)."""
         while True:
-            await self.refresh()
             await asyncio.sleep(self.source.refresh_seconds if self.ready else 2)
+            await self.refresh()
 
     async def refresh(self, early: bool = False) -> None:
         """Fetch the keys; `early` (a token with an unknown key) only if no fetch started in the last minute."""

@@ -51,6 +51,7 @@ class Issuer:
     url: str
     keys: list[SigningKey]
     failing: bool = False  # answer 500 to every request, as an unreachable API server would not
+    delay: float = 0.0  # seconds before each answer, as a busy API server's
     fetches: int = 0
     credentials: list[str | None] = field(default_factory=list)
 
@@ -112,6 +113,7 @@ def running_issuer(*keys: SigningKey) -> Iterator[Issuer]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
+            time.sleep(issuer.delay)
             if issuer.failing:
                 self.send_error(500)
                 return

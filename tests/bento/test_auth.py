@@ -293,6 +293,18 @@ def test_a_rotated_key_is_picked_up_while_serving(
 
 
 @pytest.mark.slow
+def test_a_worker_takes_requests_only_once_it_has_the_keys(
+    model_store: Path, tmp_path_factory, tmp_path: Path
+) -> None:
+    with running_issuer() as issuer:
+        issuer.delay = 1.5  # each of the two fetches a worker makes at its start
+        settings = issuer.settings(str(tmp_path / "absent"), **ALLOW)
+        with own_server(model_store, tmp_path_factory, ready=False, **settings) as server:
+            statuses = [call(server, issuer.token()).status_code for _ in range(20)]
+    assert statuses == [200] * 20
+
+
+@pytest.mark.slow
 def test_without_the_keys_the_pod_is_unready_and_answers_503(
     model_store: Path, tmp_path_factory, tmp_path: Path
 ) -> None:
