@@ -174,6 +174,11 @@ class Edge:
         hosts = sum(1 for name, _ in headers if name == b"host")
         if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):  # the parser refuses these first
             return errors.bad_request("host", f"expected one Host header, got {hosts}")
+        framing = {name for name, _ in headers if name in (b"content-length", b"transfer-encoding")}
+        if len(framing) == 2:  # RFC 9112 6.3: a smuggling attempt, perhaps; refused, and closed
+            return errors.bad_request(
+                "transfer-encoding", "a request gives Content-Length or Transfer-Encoding, not both"
+            )
         if route is None:
             return errors.not_found(scope["path"])
         if scope["method"] not in route.methods:

@@ -371,6 +371,19 @@ def test_a_request_without_exactly_one_host_gets_400(edge: Server, hosts: list[s
     assert answer is None or answer.status == 400
 
 
+def test_content_length_beside_chunked_gets_400_and_a_close(edge: Server) -> None:
+    """RFC 9112 6.3: the two framings together may be a smuggling attempt."""
+    body = chunked(ROW)
+    raw = request("POST", "/predict", body, {"Transfer-Encoding": "chunked", "Content-Length": str(len(ROW))})
+    with Connection(edge) as connection:
+        connection.send(raw)
+        answer = connection.answer(timeout=3)
+        assert answer is not None and answer.status == 400, answer
+        assert answer.headers.get("connection") == "close"
+        assert answer.json()["detail"][0]["field"] == "transfer-encoding"
+        assert connection.closed_within(2)
+
+
 def test_chunked_trailers_never_become_headers(edge: Server) -> None:
     body = chunked(ROW, trailers=b"Content-Type: text/plain\r\nX-Request-ID: from-the-trailer\r\n")
     answer = exchange(edge, request("POST", "/predict", body, {"Transfer-Encoding": "chunked"}))
