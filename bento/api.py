@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 import bentoml
@@ -49,7 +51,8 @@ from wdbc.domain import ValidityDomain
 
 INDETERMINATE = "indeterminate"
 DIAGNOSES = (*CLASS_LABELS, INDETERMINATE)
-SWAGGER_ASSETS = ("swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js")
+SWAGGER_PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
+SWAGGER_ASSETS = re.findall(r'"\./static_content/([\w.-]+)"', SWAGGER_PAGE)  # what the page loads
 _GET, _POST = frozenset({"GET", "HEAD"}), frozenset({"POST"})
 # Every path the service answers, who may call it and the body it takes: the edge routes by it.
 ROUTES = {
@@ -65,7 +68,7 @@ ROUTES = {
     "/livez": Route(_GET),
     "/healthz": Route(_GET),
     "/readyz": Route(_GET),
-    # The Swagger page's assets (bento/static/index.html), which BentoML serves.
+    # The Swagger page's assets, which BentoML serves.
     **{f"/static_content/{name}": Route(_GET) for name in SWAGGER_ASSETS},
 }
 

@@ -23,7 +23,8 @@ JSON_CONTENT_TYPE = "application/json"
 MAX_LISTED_PROBLEMS = 20
 MAX_TEXT = 200
 STATUSES: dict[int, str] = {
-    400: "the body is not JSON (RFC 8259: no NaN or Infinity) or is empty, or there is not exactly one Host header",
+    400: "the body is not JSON (RFC 8259: no NaN or Infinity) or is empty; not exactly one Host header; more "
+    "than one Content-Type; both Content-Length and Transfer-Encoding",
     401: "no valid bearer token: missing, malformed, expired, for another audience or issuer, or badly signed",
     403: "a valid token of a caller that is not allowed on this path",
     404: "no such path (a trailing slash is a different path; there are no redirects)",

@@ -7,8 +7,6 @@ Settings come from the environment, documented in k8s/runtime-contract.yaml and 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 from fastapi.responses import HTMLResponse, JSONResponse
 
@@ -20,14 +18,12 @@ from bento.requests import Outcome
 logs.configure()
 hooks.install()
 
-SWAGGER_PAGE = (Path(__file__).parent / "static" / "index.html").read_text()
-
 
 @api.info.head("/", include_in_schema=False)
 @api.info.get("/", include_in_schema=False)
 async def swagger_ui() -> HTMLResponse:
     """The Swagger UI page, served here before BentoML's (which loads a third-party tag manager)."""
-    return HTMLResponse(SWAGGER_PAGE)
+    return HTMLResponse(api.SWAGGER_PAGE)
 
 
 @api.info.head("/docs.json", include_in_schema=False)

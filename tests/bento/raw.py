@@ -12,6 +12,8 @@ import psutil
 
 from harness.servers import Server
 
+MiB = 1024 * 1024
+
 
 def address(server: Server) -> tuple[str, int]:
     host, port = server.url.removeprefix("http://").split(":")

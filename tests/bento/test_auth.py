@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from bento.config import BACKSTOP_TIMEOUT_SECONDS
 from harness.servers import Server
 from tests.bento.issuer import Issuer, SigningKey, running_issuer
-from tests.bento.raw import exchange, request, worker_rss
+from tests.bento.raw import MiB, exchange, request, worker_rss
 from tests.bento.test_errors import assert_error_shape
 from tests.conftest import own_server
 from wdbc import MALIGNANT_EXAMPLE
@@ -30,7 +30,6 @@ ALLOW = {
     "AUTH_ALLOW_OUTCOMES": "lab/pathology",
     "AUTH_ALLOW_MODEL_DATA": "ops/operator",
 }
-MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")

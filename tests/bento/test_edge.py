@@ -17,6 +17,7 @@ import pytest
 from harness.servers import Server
 from tests.bento.raw import (
     Connection,
+    MiB,
     chunked,
     exchange,
     request,
@@ -40,7 +41,6 @@ H2C = {
     "Upgrade": "h2c",
     "HTTP2-Settings": "AAMAAABkAAQCAAAAAAIAAAAA",
 }
-MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")

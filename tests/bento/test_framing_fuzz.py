@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness.servers import Server
-from tests.bento.raw import Answer, Connection, chunked, request, worker_rss
+from tests.bento.raw import Answer, Connection, MiB, chunked, request, worker_rss
 from tests.conftest import own_server
 from wdbc import BENIGN_EXAMPLE, MALIGNANT_EXAMPLE
 
@@ -33,7 +33,6 @@ VALID = [
 ]
 H2C = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
 TIMEOUT = 0.2  # the fuzzed server's header and body timeouts
-MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
