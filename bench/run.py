@@ -114,7 +114,15 @@ class Server:
         """The processes that load the model and serve (uvicorn's spawned children, BentoML's worker
         processes), not the supervisors or multiprocessing's resource tracker."""
         markers = ("spawn_main", "_bentoml_impl.worker")
-        return [p for p in self.processes()[1:] if any(m in " ".join(p.cmdline()) for m in markers)]
+        found = []
+        for process in self.processes()[1:]:
+            try:
+                command = " ".join(process.cmdline())
+            except psutil.Error:  # exited, or a zombie its parent has not reaped yet
+                continue
+            if any(m in command for m in markers):
+                found.append(process)
+        return found
 
     def cpu_seconds(self) -> dict[int, float]:
         """User + system CPU time so far of every process of the server, by pid ({} for a container)."""
@@ -124,7 +132,7 @@ class Server:
         for process in self.processes():
             try:
                 times = process.cpu_times()
-            except psutil.NoSuchProcess:
+            except psutil.Error:
                 continue
             seconds[process.pid] = times.user + times.system
         return seconds
@@ -133,7 +141,13 @@ class Server:
         """Resident memory of each worker."""
         if self.process is None:
             return []
-        return sorted(round(p.memory_info().rss / 2**20, 1) for p in self.worker_processes())
+        sizes = []
+        for process in self.worker_processes():
+            try:
+                sizes.append(round(process.memory_info().rss / 2**20, 1))
+            except psutil.Error:
+                continue
+        return sorted(sizes)
 
 
 @dataclass(frozen=True)
@@ -405,12 +419,16 @@ def check_answers(running_servers: dict[str, Server]) -> list[str]:
 def check_sessions(running_servers: dict[str, Server]) -> list[str]:
     """Workers not leading a session of their own, as BentoML's do (see bench/reference_app.py): the
     kernel shares a busy machine's cores between sessions, so workers placed otherwise fare otherwise."""
-    return [
-        f"{server.name} worker {worker.pid} shares its session"
-        for server in running_servers.values()
-        for worker in (server.worker_processes() if server.process else [])
-        if os.getsid(worker.pid) != worker.pid
-    ]
+    problems = []
+    for server in running_servers.values():
+        for worker in server.worker_processes() if server.process else []:
+            try:
+                session = os.getsid(worker.pid)
+            except ProcessLookupError:  # exited since it was listed
+                continue
+            if session != worker.pid:
+                problems.append(f"{server.name} worker {worker.pid} shares its session")
+    return problems
 
 
 def measure(bench: Bench, server: Server, point: Point) -> Measured:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,28 @@ def _section(stdout: str, title: str) -> list[list[str]]:
             break
         table.append([cell.strip() for cell in line.strip("|").split("|")])
     return table[2:]  # after the header and the alignment row
+
+
+def test_a_child_that_has_exited_but_is_not_yet_reaped_is_skipped_when_workers_are_listed() -> None:
+    # The parent starts a short-lived child and never waits for it, so the child stays a zombie,
+    # whose command line the kernel no longer gives.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['true']); time.sleep(30)"]
+    )
+    try:
+        server = run.Server("zombie parent", "http://127.0.0.1:1", parent, 0.0, 1)
+        for _ in range(100):
+            children = server.processes()[1:]
+            if children and all(child.status() == run.psutil.STATUS_ZOMBIE for child in children):
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the child never became a zombie")
+        assert server.worker_processes() == [] and server.worker_memory_mb() == []
+        assert run.check_sessions({server.name: server}) == []
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 @pytest.fixture(scope="module")
