@@ -47,7 +47,7 @@ from wdbc import (
     Reference,
     ReferenceDataError,
 )
-from wdbc.domain import ValidityDomain
+from wdbc.domain import ValidityDomain, contradictions
 
 INDETERMINATE = "indeterminate"
 DIAGNOSES = (*CLASS_LABELS, INDETERMINATE)
@@ -151,11 +151,15 @@ class Model:
         if not np.isfinite(probabilities).all():
             raise RuntimeError("the model produced a non-finite probability")  # inputs are bounded: our bug
         malignant, scores = probabilities >= self.metadata.threshold, self.domain.scores(features)
-        labels = [INDETERMINATE if score > self.domain.threshold else MALIGNANT_LABEL if m else BENIGN_LABEL
-                  for m, score in zip(malignant.tolist(), scores.tolist(), strict=True)]  # fmt: skip
+        contradicted = contradictions(features)
+        labels = [INDETERMINATE if score > self.domain.threshold or row in contradicted
+                  else MALIGNANT_LABEL if m else BENIGN_LABEL
+                  for row, (m, score) in enumerate(zip(malignant.tolist(), scores.tolist(), strict=True))]  # fmt: skip
         beyond = {"below": features < self.train_min, "above": features > self.train_max}
         reasons = {
-            row: f"the row is unlike the data the model learned from (score {scores[row]:.1f}, the limit is "
+            row: f"the row's values contradict each other: {'; '.join(contradicted[row])}. Check the values"
+            if row in contradicted
+            else f"the row is unlike the data the model learned from (score {scores[row]:.1f}, the limit is "
             f"{self.domain.threshold:.1f}); most unusual: {', '.join(self.domain.unusual_features(features[row]))}. "
             "Check the values and their units"
             for row, label in enumerate(labels)

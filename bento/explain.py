@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from bento.scoring import LinearScorer
 from wdbc import FEATURE_NAMES, MEASUREMENTS, STATISTICS, feature_name
-from wdbc.domain import ValidityDomain
+from wdbc.domain import ValidityDomain, contradictions
 
 COLLINEAR_NOTE = (
     "radius, perimeter and area are almost collinear (r ≈ 0.99): read their contributions as a group, "
@@ -60,6 +60,9 @@ class Domain(BaseModel):
     score: float = Field(description="how unlike the training data the row is (the model's validity domain)")
     threshold: float = Field(description="rows scoring above it are outside the domain")
     unusual_features: list[str] = Field(description="the features that contribute most to the score")
+    contradictions: list[str] = Field(
+        description="what the row's values say that the features' definitions rule out; any: outside"
+    )
 
 
 class Explanation(BaseModel):
@@ -116,15 +119,17 @@ class Explainer:
         measurements.sort(key=lambda item: -abs(item["contribution"]))
         baseline = self.scorer.baseline_logit
         score = float(domain.scores(row[np.newaxis])[0])
+        contradicted = contradictions(row).get(0, [])
         return {
             "logit": baseline + float(contributions.sum()),
             "baseline": {"logit": baseline, "probability_malignant": float(expit(baseline))},
             "measurements": measurements,
             "domain": {
-                "inside": score <= domain.threshold,
+                "inside": score <= domain.threshold and not contradicted,
                 "score": score,
                 "threshold": domain.threshold,
                 "unusual_features": domain.unusual_features(row),
+                "contradictions": contradicted,
             },
             "note": COLLINEAR_NOTE,
         }

@@ -10,6 +10,12 @@ Two checks, both fitted by training (training/domain.py) on the training part on
   robust centre (Minimum Covariance Determinant). Above `threshold` the row is outside the domain
   and the service answers `indeterminate` instead of a diagnosis.
 
+A third check is not fitted: what the features' definitions rule out (`contradictions`). The worst
+value of a measurement is the mean of its three largest nuclei, so it is never below the mean of all of
+them, and equals it exactly when every nucleus measures the same, which is when the standard error is
+0; a contour has concave points exactly where it has concavity. A row that contradicts these is a
+mistake (a column copied or swapped) that the score need not notice, and is outside the domain too.
+
 Applying it is pure numpy on precomputed arrays (a whitening matrix W with Wᵀ W the inverse
 covariance), so scoring one row costs a few microseconds.
 """
@@ -23,13 +29,24 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from wdbc.features import FEATURE_NAMES
+from wdbc.features import FEATURE_NAMES, MEASUREMENTS, STATISTICS, feature_name
 
 # Bump when the shape or the meaning of the fields below changes.
 DOMAIN_VERSION = 1
 
 # (row, feature index, value, lowest accepted, highest accepted)
 Violation = tuple[int, int, float, float, float]
+# FEATURE_NAMES runs statistic by statistic (wdbc/features.py): the columns of each, as slices (views,
+# cheaper than index arrays on the single-row path), one per measurement in MEASUREMENTS order.
+_COLUMNS = {
+    statistic: slice(i * len(MEASUREMENTS), (i + 1) * len(MEASUREMENTS))
+    for i, statistic in enumerate(STATISTICS)
+}
+_MEAN, _SE, _WORST = _COLUMNS["mean"], _COLUMNS["se"], _COLUMNS["worst"]
+_CONCAVITY, _CONCAVE_POINTS = (  # each one's mean and worst
+    slice(FEATURE_NAMES.index(feature_name(m, "mean")), None, _WORST.start - _MEAN.start)
+    for m in ("concavity", "concave_points")
+)
 
 
 class DomainCalibration(BaseModel):
@@ -155,8 +172,11 @@ class ValidityDomain(BaseModel):
         return distances
 
     def outside(self, matrix: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-        """True for each row outside the domain: beyond a hard limit, or scoring above the threshold."""
-        return self.scores(matrix) > self.threshold
+        """True for each row outside the domain: beyond a hard limit, scoring above the threshold, or
+        contradicting the features' definitions."""
+        outside = self.scores(matrix) > self.threshold
+        outside[list(contradictions(matrix))] = True
+        return outside
 
     def deviations(self, row: np.ndarray | Sequence[float]) -> np.ndarray:
         """Per feature, how far the row's value is from what its other 29 values predict, in robust
@@ -216,8 +236,47 @@ class ValidityDomain(BaseModel):
                 "threshold_rule": self.threshold_rule,
                 "above_threshold": "indeterminate: no diagnosis",
             },
+            "consistency": {
+                "rule": (
+                    "each measurement's worst is above its mean exactly when its se is above 0 (equal otherwise), "
+                    "and concavity is 0 exactly where concave points are (mean and worst): what the features' "
+                    "definitions allow; otherwise indeterminate"
+                ),
+            },
             "calibration": self.calibration.model_dump(),
         }
+
+
+def contradictions(matrix: np.ndarray | Sequence[Sequence[float]] | Sequence[float]) -> dict[int, list[str]]:
+    """For each row that has any, what its values say that the features' definitions rule out (see the
+    module docstring), one sentence each. Not fitted: it holds for every model of these features."""
+    values = _rows(matrix)
+    mean, se, worst = values[:, _MEAN], values[:, _SE], values[:, _WORST]
+    # worst - mean has the sign of se (0 only together), and concavity that of concave points.
+    spread = np.sign(worst - mean) != np.sign(se)
+    concave = np.sign(values[:, _CONCAVITY]) != np.sign(values[:, _CONCAVE_POINTS])
+    found: dict[int, list[str]] = {}
+    for row in np.flatnonzero(spread.any(1) | concave.any(1)).tolist():
+        found[row] = []
+        for m in np.flatnonzero(spread[row]).tolist():
+            w, a, e = (FEATURE_NAMES[columns.start + m] for columns in (_WORST, _MEAN, _SE))
+            if worst[row, m] < mean[row, m]:
+                said = f"{w} {worst[row, m]:g} is below {a} {mean[row, m]:g}, as the mean of the three "
+                said += "largest nuclei never is"
+            else:
+                said = f"{w} {'equals' if worst[row, m] == mean[row, m] else 'differs from'} {a} while {e} "
+                said += f"is {se[row, m]:g}; they are equal exactly when the standard error is 0"
+            found[row].append(said)
+        for column in np.flatnonzero(concave[row]).tolist():
+            concavity, points = (
+                FEATURE_NAMES[c.start + column * c.step] for c in (_CONCAVITY, _CONCAVE_POINTS)
+            )
+            found[row].append(
+                f"{concavity} is {values[row, _CONCAVITY][column]:g} and {points} "
+                f"{values[row, _CONCAVE_POINTS][column]:g}; a contour has concave points exactly where it "
+                "has concavity"
+            )
+    return found
 
 
 class _Arrays(NamedTuple):

@@ -8,10 +8,11 @@ import re
 
 import httpx
 import pytest
+from sklearn.datasets import load_breast_cancer
 
 from harness.servers import Server
 from tests.bento.test_errors import assert_error_shape
-from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
+from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE, MEASUREMENTS, STATISTICS, feature_name
 
 SIZES = [f"{m}_{s}" for m in ("radius", "perimeter", "area") for s in ("mean", "se", "worst")]
 
@@ -71,6 +72,65 @@ def test_a_unit_mix_up_is_never_answered_benign_or_malignant(
     for answer in response.json()["predictions"]:
         assert answer["diagnosis"] == "indeterminate" and answer["probability_malignant"] is None
         assert "unlike the data the model learned from" in answer["reason"]
+
+
+def _contradictory(row: dict[str, float], edit: str) -> dict[str, float]:
+    """A real row edited into one that no nucleus measurement can give."""
+    edited = dict(row)
+    for measurement in MEASUREMENTS:
+        mean, _, worst = (feature_name(measurement, statistic) for statistic in STATISTICS)
+        if edit == "worst = mean":  # a copying mistake: the worst is the mean of the three largest
+            edited[worst] = row[mean]
+        elif edit == "worst below mean" and measurement in ("radius", "perimeter", "area"):
+            edited[mean], edited[worst] = row[worst], row[mean]
+    if edit == "concave points without concavity":
+        for statistic in STATISTICS:
+            edited[feature_name("concavity", statistic)] = 0.0
+    return edited
+
+
+@pytest.mark.parametrize("edit", ["worst = mean", "worst below mean", "concave points without concavity"])
+def test_a_row_whose_values_contradict_each_other_is_never_answered_benign_or_malignant(
+    client: httpx.Client, edit: str
+) -> None:
+    real = load_breast_cancer().data  # the 30 features in FEATURE_NAMES order
+    rows = [
+        _contradictory(dict(zip(FEATURE_NAMES, row, strict=True)), edit)
+        for row in real.tolist()
+        if row[FEATURE_NAMES.index("concave_points_mean")]
+        > 0  # those with no concavity at all stay as they are
+    ]
+    response = client.post("/predict_batch", json={"instances": rows})
+    assert response.status_code == 200, response.text
+    answers = response.json()["predictions"]
+    confident = [answer for answer in answers if answer["diagnosis"] != "indeterminate"]
+    assert confident == [], f"{len(confident)} of {len(rows)} answered {confident[0]['diagnosis']}"
+    assert all(answer["probability_malignant"] is None for answer in answers)
+    assert all(
+        "contradict" in answer["reason"] and "Check the values" in answer["reason"] for answer in answers
+    )
+    explained = client.post("/explain", json=rows[0]).json()
+    assert explained["diagnosis"] == "indeterminate" and explained["domain"]["inside"] is False
+    assert (
+        explained["domain"]["contradictions"]
+        and explained["domain"]["contradictions"][0] in explained["reason"]
+    )
+
+
+def test_real_rows_contradict_nothing_but_the_two_whose_worst_was_copied_from_the_mean(
+    client: httpx.Client,
+) -> None:
+    real = load_breast_cancer().data  # the 30 features in FEATURE_NAMES order
+    response = client.post(
+        "/predict_batch",
+        json={"instances": [dict(zip(FEATURE_NAMES, row, strict=True)) for row in real.tolist()]},
+    )
+    contradicted = [
+        index
+        for index, answer in enumerate(response.json()["predictions"])
+        if "contradict" in (answer["reason"] or "")
+    ]
+    assert len(real) == 569 and contradicted == [38, 212]
 
 
 def test_indeterminate_rows_are_answered_and_counted_beside_the_others(

@@ -22,7 +22,8 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 from harness.paths import REPO_ROOT
 from training import domain as fitting
 from training.dataset import Dataset
-from wdbc import FEATURE_NAMES, MALIGNANT_EXAMPLE, MetadataError, ModelMetadata, ValidityDomain
+from wdbc import FEATURE_NAMES, MALIGNANT_EXAMPLE, MEASUREMENTS, MetadataError, ModelMetadata, ValidityDomain
+from wdbc.domain import contradictions
 
 SIZE = [
     FEATURE_NAMES.index(f"{m}_{s}") for s in ("mean", "se", "worst") for m in ("radius", "perimeter", "area")
@@ -42,9 +43,8 @@ class Counts:
     rows: int = 0
 
     def add(self, domain: ValidityDomain, rows: np.ndarray) -> None:
-        scores = domain.scores(rows)
-        self.outside += int((scores > domain.threshold).sum())
-        self.refused += int(np.isinf(scores).sum())
+        self.outside += int(domain.outside(rows).sum())
+        self.refused += int(np.isinf(domain.scores(rows)).sum())
         self.rows += len(rows)
 
     @property
@@ -68,7 +68,31 @@ def bad_inputs(held_out: np.ndarray, train: np.ndarray, rng: np.random.Generator
     absurd[rows, feature] = 1000 * train.max(axis=0)[feature]
     impossible = np.concatenate([negative, zero_size, absurd])
     noise = rng.uniform(train.min(axis=0), train.max(axis=0), size=(NOISE_ROWS, len(FEATURE_NAMES)))
-    return {**scaled, "one impossible value": impossible, "uniform noise over the training box": noise}
+    return {
+        **scaled,
+        "one impossible value": impossible,
+        "uniform noise over the training box": noise,
+        **columns_mixed_up(held_out),
+    }
+
+
+def columns_mixed_up(rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Real rows with columns copied or swapped, as a wrong column mapping would: each value plausible
+    alone, the row impossible by the features' definitions."""
+    mean, worst = (
+        np.array([FEATURE_NAMES.index(f"{m}_{s}") for m in MEASUREMENTS]) for s in ("mean", "worst")
+    )
+    sizes = [i for i, m in enumerate(MEASUREMENTS) if m in ("radius", "perimeter", "area")]
+    copied, swapped = rows.copy(), rows.copy()
+    copied[:, worst] = rows[:, mean]
+    swapped[:, mean[sizes]], swapped[:, worst[sizes]] = rows[:, worst[sizes]], rows[:, mean[sizes]]
+    concave = rows[rows[:, FEATURE_NAMES.index("concave_points_mean")] > 0]
+    concave[:, [i for i, name in enumerate(FEATURE_NAMES) if name.startswith("concavity_")]] = 0.0
+    return {
+        "worst copied from mean": copied,
+        "size means and worsts swapped": swapped,
+        "concavity 0 with concave points": concave,
+    }
 
 
 def slips(held_out: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -131,6 +155,9 @@ def test_calibration_real_held_out_rows_are_rarely_refused_or_indeterminate(cali
         "all features x 10",
         "one impossible value",
         "uniform noise over the training box",
+        "worst copied from mean",
+        "size means and worsts swapped",
+        "concavity 0 with concave points",
     ],
 )
 def test_calibration_bad_inputs_are_refused_or_indeterminate(calibration, name) -> None:
@@ -185,6 +212,30 @@ def test_limits_violations_name_each_value_outside(fitted) -> None:
     scores = domain.scores(rows)
     assert np.isinf(scores[[1, 3]]).all() and np.isfinite(scores[[0, 2]]).all()
     assert domain.outside(rows)[[1, 3]].all()
+
+
+def test_contradictions_name_what_the_features_definitions_rule_out(bundled: Dataset, fitted) -> None:
+    real = bundled.features.to_numpy()
+    # Two rows of the public data set carry their means again as worsts, though their se are not 0.
+    assert sorted(contradictions(real)) == [38, 212]
+    assert (
+        all("equals" in said for said in contradictions(real[38])[0])
+        and len(contradictions(real[38])[0]) == 10
+    )
+    row = real[0].copy()
+    row[FEATURE_NAMES.index("radius_worst")] = row[FEATURE_NAMES.index("radius_mean")] - 1
+    row[FEATURE_NAMES.index("area_se")] = 0.0
+    row[FEATURE_NAMES.index("concavity_worst")] = 0.0
+    (said,) = contradictions(row).values()
+    assert [sentence.split()[0] for sentence in said] == [
+        "radius_worst",
+        "area_worst",
+        *["concavity_worst"] * 2,
+    ]
+    assert "below radius_mean" in said[0] and "area_se is 0" in said[1] and "concave_points_worst" in said[3]
+    domain, copied = fitted[0].domain, columns_mixed_up(real[:38])["worst copied from mean"]
+    assert (domain.scores(copied) <= domain.threshold).sum() >= 30  # the score alone misses most of them
+    assert domain.outside(copied).all() and domain.outside(row)[0]
 
 
 def test_deviation_is_the_drop_in_squared_score_when_one_value_is_made_to_fit(fitted) -> None:
