@@ -18,11 +18,18 @@ from wdbc import MODEL_NAME
 # Limits that are properties of the API, not settings; the docs and the OpenAPI document read them here.
 SINGLE_ROW_BYTES = 64 * 1024  # a row is under 2 KB of JSON even pretty-printed
 MAX_BATCH_ROWS = 1000  # ~0.8 MB of JSON and a few milliseconds of model time
+# An outcome's predicted_at lies within this many days before its receipt (and at most a few minutes
+# after it, for clocks that disagree): the delay histogram's range, and then some.
+OUTCOME_MAX_AGE_DAYS, CLOCK_SKEW_SECONDS = 366, 300
 # No WDBC measurement comes near this (the largest in the data is area_worst = 4254); near float's
 # limit values would overflow the model's arithmetic. The model's validity domain is far tighter.
 MAX_FEATURE_VALUE = 1e6
 # A request's share of MAX_CONCURRENCY grows by one per this many body bytes received.
 WEIGHT_BYTES = 256 * 1024
+# A chunked body may come in one piece per read plus this many, and one more per CHUNK_BYTES of it:
+# h11 parses each chunk in Python (about 5 µs, what 500 bytes of a valid body cost), so a body in
+# one-byte chunks would cost 100 times a valid one (bento/hooks.py).
+FREE_BODY_PIECES, CHUNK_BYTES = 64, 256
 RETRY_AFTER_SECONDS = 1
 # A request's line and headers, at most: the HTTP parser holds a head this size while it arrives,
 # and the edge refuses a larger one that arrived at once.

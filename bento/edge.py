@@ -166,7 +166,8 @@ class Edge:
         headers = scope["headers"]
         if len(headers) > config.MAX_HEADERS:
             return errors.head_too_large(f"{len(headers)} fields; at most {config.MAX_HEADERS}")
-        size = len(scope["raw_path"]) + len(scope["query_string"]) + sum(len(n) + len(v) for n, v in headers)
+        size = sum(len(n) + len(v) for n, v in headers) + len(scope["method"]) + len(scope["raw_path"])
+        size += len(scope["query_string"])
         if size > config.MAX_HEAD_BYTES:
             return errors.head_too_large(
                 f"{size} bytes of request line and headers; at most {config.MAX_HEAD_BYTES}"
@@ -303,7 +304,7 @@ class Edge:
             "ERROR" if answer.status in (500, 501) else "WARNING",
             "rejected request",
             status=answer.status,
-            method=scope["method"],
+            method=errors.cut(scope["method"], 20),
             path=errors.cut(scope["path"], 100),
             error=errors.cut(answer.error),
             fields=[errors.cut(field, 100) for field, _ in answer.detail[:10]],

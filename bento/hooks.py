@@ -7,7 +7,11 @@ and the check, in each worker, that it still holds after an upgrade.
    protocol frames strictly (chunked bodies, one Host, trailers kept apart, a 16 KiB head) but waits
    forever for a head that never ends. `install()` points "auto" at DeadlineH11Protocol, h11 with a
    deadline for the head. Checked: each connection marks it in use; until one has (the first
-   readiness probe), `missing()` names it.
+   readiness probe), `missing()` names it. The protocol also
+   - takes no WebSocket upgrade (the service has none): uvicorn would hand such a request, body
+     and all, to its WebSocket protocol, outside the edge and the deadline;
+   - parses with BoundedH11Connection, h11's connection refusing a chunked body cut into so many
+     small chunks that parsing them costs more than the body is worth (h11 parses each in Python).
 2. BentoML's JSON input. BentoML builds an API's input with the input model's
    `model_validate_json(body)`. The edge has parsed and checked that body already, so the request
    models (bento/requests.py) take the edge's result: validating a 1000-row batch again halves the
@@ -38,6 +42,30 @@ RESPONSE = "BentoML's pass-through of an API's Starlette Response"
 _failed: dict[str, str] = {}
 
 
+class BoundedH11Connection(h11.Connection):
+    """h11's server connection, refusing (400, close) a body whose pieces cost more to parse than it
+    brings: beyond one piece per read and a few more, each must bring CHUNK_BYTES of body."""
+
+    def __init__(self) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=config.MAX_HEAD_BYTES)
+        self.reads = self.pieces = self.body_bytes = 0
+
+    def receive_data(self, data: bytes) -> None:
+        self.reads += 1
+        super().receive_data(data)
+
+    def next_event(self) -> Any:
+        event = super().next_event()
+        if type(event) is h11.Request:
+            self.reads, self.pieces, self.body_bytes = 1, 0, 0
+        elif type(event) is h11.Data:
+            self.pieces, self.body_bytes = self.pieces + 1, self.body_bytes + len(event.data)
+            allowed = config.FREE_BODY_PIECES + self.reads + self.body_bytes // config.CHUNK_BYTES
+            if self.pieces > allowed and self.our_state is h11.SEND_RESPONSE:
+                raise h11.RemoteProtocolError("a chunked body in more pieces than its size allows")
+        return event
+
+
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection that has not sent a whole request head within
     HEADER_TIMEOUT_SECONDS of connecting or of its previous answer (slow headers, idle connections),
@@ -45,6 +73,11 @@ class DeadlineH11Protocol(H11Protocol):
 
     in_use = False
     _deadline: asyncio.TimerHandle | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = BoundedH11Connection()
+        self.ws_protocol_class = None  # an upgrade offer is served as the HTTP request it also is
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         DeadlineH11Protocol.in_use = True

@@ -32,8 +32,9 @@ MAX_MESSAGE = 2000
 REJECTIONS_PER_SECOND = 20
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 CALLER: ContextVar[str | None] = ContextVar("caller", default=None)
-# uvicorn warns at every `Upgrade: h2c` offer it declines, which some clients make on every request.
-_QUIET = frozenset({"Unsupported upgrade request."})
+# uvicorn warns at every upgrade offer it declines (`h2c`, which some clients make on every request;
+# `websocket`, which the service never takes: bento/hooks.py), the start of each message quiets it.
+_QUIET = ("Unsupported upgrade request.", "No supported WebSocket library detected")
 _PARSER_REFUSAL = "Invalid HTTP request received."  # uvicorn's, for each request its parser refuses
 
 
@@ -77,7 +78,7 @@ class _InterceptHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info and isinstance(record.exc_info[1], ValidationError):
             return  # BentoML logs a client's validation error with a traceback quoting the input
-        if record.msg in _QUIET:
+        if isinstance(record.msg, str) and record.msg.startswith(_QUIET):
             return
         if record.msg == _PARSER_REFUSAL:  # a client's malformed request: rate-limited as the edge's refusals
             _parser_refusals.log("WARNING", record.msg, logger=record.name)

@@ -18,7 +18,7 @@ import json
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -27,7 +27,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model
 
 from bento import errors
-from bento.config import MAX_BATCH_ROWS, MAX_FEATURE_VALUE
+from bento.config import CLOCK_SKEW_SECONDS, MAX_BATCH_ROWS, MAX_FEATURE_VALUE, OUTCOME_MAX_AGE_DAYS
 from bento.errors import ErrorAnswer
 from wdbc import BENIGN_EXAMPLE, CLASS_LABELS, FEATURE_DESCRIPTIONS, FEATURE_NAMES, MALIGNANT_EXAMPLE
 from wdbc.domain import Violation
@@ -146,10 +146,17 @@ def _problems(kind: str, payload: Any) -> list[tuple[str, str]]:
         return [*found, (key, "required: a list" if items is None else "expected a list")]
     if not 1 <= len(items) <= MAX_BATCH_ROWS:
         found.append((key, f"expected 1 to {MAX_BATCH_ROWS} items, got {len(items)}"))
+    now, first_with_id = datetime.now(UTC), {}
     for index, item in enumerate(items[: MAX_BATCH_ROWS + 1]):
-        found += (
-            _row_problems(item, f"instances[{index}].") if kind == BATCH else _outcome_problems(item, index)
-        )
+        if kind == BATCH:
+            found += _row_problems(item, f"instances[{index}].")
+            continue
+        found += _outcome_problems(item, index, now)
+        request_id = item.get("request_id") if type(item) is dict else None
+        if type(request_id) is str and (first := first_with_id.setdefault(request_id, index)) != index:
+            found.append(
+                (f"outcomes[{index}].request_id", f"repeats outcomes[{first}]'s: each is counted once")
+            )
     return found
 
 
@@ -169,7 +176,7 @@ def _row_problems(row: Any, prefix: str) -> list[tuple[str, str]]:
     return found
 
 
-def _outcome_problems(item: Any, index: int) -> list[tuple[str, str]]:
+def _outcome_problems(item: Any, index: int, now: datetime) -> list[tuple[str, str]]:
     at = f"outcomes[{index}]"
     if type(item) is not dict:
         return [(at, "expected an object with features and diagnosis")]
@@ -182,8 +189,13 @@ def _outcome_problems(item: Any, index: int) -> list[tuple[str, str]]:
         type(item["request_id"]) is str and REQUEST_ID.fullmatch(item["request_id"])
     ):
         found.append((f"{at}.request_id", "expected 1 to 64 letters, digits or ._:-"))
-    if item.get("predicted_at") is not None and _time(item["predicted_at"]) is None:
-        found.append((f"{at}.predicted_at", "expected an RFC 3339 date and time with its offset"))
+    if item.get("predicted_at") is not None:
+        if (when := _time(item["predicted_at"])) is None:
+            found.append((f"{at}.predicted_at", "expected an RFC 3339 date and time with its offset"))
+        elif not -timedelta(days=OUTCOME_MAX_AGE_DAYS) <= when - now <= timedelta(seconds=CLOCK_SKEW_SECONDS):
+            found.append(
+                (f"{at}.predicted_at", f"expected a time within the last {OUTCOME_MAX_AGE_DAYS} days")
+            )
     return found
 
 

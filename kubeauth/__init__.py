@@ -9,6 +9,9 @@ token costs a signature check and nothing else. A token signed by a key not know
 makes it refresh early, at most once a minute. Verified tokens are remembered until they expire, so a
 client reusing its token pays for the signature once.
 
+A fetch has FETCH_SECONDS in all and reads at most MAX_DOCUMENT_BYTES of each answer: an API server
+that stalls or answers without end costs a failed fetch, and the keys loaded before stay.
+
 Issuer, audience, expiry and not-before are checked, the algorithm against ALGORITHMS (asymmetric
 only: no `none`, no HMAC keyed with a public key). The identity is `namespace/name`, from the subject
 `system:serviceaccount:NAMESPACE:NAME`; an allow-list names identities or whole namespaces.
@@ -17,6 +20,7 @@ only: no `none`, no HMAC keyed with a public key). The identity is `namespace/na
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import ssl
 import time
@@ -33,6 +37,8 @@ LEEWAY_SECONDS = 10
 EARLY_REFRESH_SECONDS = 60
 MAX_TOKEN_CHARACTERS = 8192
 MAX_REMEMBERED_TOKENS = 1024
+FETCH_SECONDS = 10  # for the discovery document and the keys together
+MAX_DOCUMENT_BYTES = 1024 * 1024
 _SUBJECT = re.compile(
     r"system:serviceaccount:([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?):([a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?)"
 )
@@ -59,6 +65,7 @@ class Denied(Exception):
 class _Keys:
     issuer: str
     by_id: dict[str, jwt.PyJWK]
+    published: str  # the key set as published, to tell a new key under a known kid
 
 
 def allows(allowed: frozenset[str], identity: Identity) -> bool:
@@ -104,8 +111,9 @@ class Authenticator:
                 return
             self._attempted_at = time.monotonic()
             try:
-                keys = await asyncio.to_thread(_fetch_keys, self.source)
-            except Exception as error:  # noqa: BLE001 (unreachable, refused, malformed: keep the old keys)
+                async with asyncio.timeout(FETCH_SECONDS):
+                    keys = await _fetch_keys(self.source)
+            except Exception as error:  # noqa: BLE001 (unreachable, stalled, malformed: keep the old keys)
                 logger.bind(jwks_url=self.source.jwks_url).warning(
                     "cannot load the token-signing keys ({}: {}); {}",
                     type(error).__name__,
@@ -113,9 +121,9 @@ class Authenticator:
                     "keeping the ones loaded before" if self.ready else "protected paths answer 503",
                 )
                 return
-            if self._keys is None or keys.by_id.keys() != self._keys.by_id.keys():
+            if self._keys is None or keys.published != self._keys.published:
                 logger.bind(issuer=keys.issuer, key_ids=sorted(keys.by_id)).info("token-signing keys loaded")
-                self._remembered.clear()  # a key withdrawn must not keep its tokens valid
+                self._remembered.clear()  # a key withdrawn or replaced must not keep its tokens valid
             self._keys = keys
 
     async def identify(self, authorization: list[bytes]) -> Identity:
@@ -190,31 +198,36 @@ class Authenticator:
         return key
 
 
-def _fetch_keys(source: Source) -> _Keys:
-    """The issuer and its signing keys, from the API server (blocking: run in a thread)."""
-    headers = {"Accept": "application/json"}
+async def _fetch_keys(source: Source) -> _Keys:
+    """The issuer and its signing keys, from the API server."""
+    # Uncompressed: a small compressed answer must not inflate past MAX_DOCUMENT_BYTES in one read.
+    headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if source.credentials_file.is_file():
         headers["Authorization"] = f"Bearer {source.credentials_file.read_text().strip()}"
     verify: ssl.SSLContext | bool = True
     if source.ca_file.is_file():
         verify = ssl.create_default_context(cafile=str(source.ca_file))
-    with httpx.Client(headers=headers, verify=verify, timeout=5, follow_redirects=False) as client:
-        issuer = source.issuer or _get(client, source.discovery_url)["issuer"]
-        keys = jwt.PyJWKSet.from_dict(_get(client, source.jwks_url))
+    async with httpx.AsyncClient(headers=headers, verify=verify, timeout=5, follow_redirects=False) as client:
+        issuer = source.issuer or (await _get(client, source.discovery_url)).get("issuer")
+        document = await _get(client, source.jwks_url)
+    keys = await asyncio.to_thread(jwt.PyJWKSet.from_dict, document)  # a few ms a key
     by_id = {key.key_id: key for key in keys if key.key_id and key.algorithm_name in ALGORITHMS}
     if not by_id:
         raise ValueError(f"no usable key: each needs a kid and one of {', '.join(ALGORITHMS)}")
     if not isinstance(issuer, str) or not issuer:
         raise ValueError("the discovery document names no issuer")
-    return _Keys(issuer, by_id)
+    return _Keys(issuer, by_id, json.dumps(document.get("keys"), sort_keys=True))
 
 
-def _get(client: httpx.Client, url: str) -> dict:
-    response = client.get(url)
-    response.raise_for_status()
-    if len(response.content) > 1024 * 1024:
-        raise ValueError(f"{url} answered {len(response.content)} bytes")
-    document = response.json()
+async def _get(client: httpx.AsyncClient, url: str) -> dict:
+    async with client.stream("GET", url) as response:
+        response.raise_for_status()
+        content = bytearray()
+        async for chunk in response.aiter_raw():
+            content += chunk
+            if len(content) > MAX_DOCUMENT_BYTES:
+                raise ValueError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
+    document = json.loads(content)
     if not isinstance(document, dict):
         raise TypeError(f"{url} did not answer a JSON object")
     return document

@@ -52,6 +52,9 @@ class Issuer:
     keys: list[SigningKey]
     failing: bool = False  # answer 500 to every request, as an unreachable API server would not
     delay: float = 0.0  # seconds before each answer, as a busy API server's
+    drip: float = 0.0  # seconds between the bytes of the keys' answer: a stalled one
+    padding: int = 0  # bytes of white space after the keys' document: an answer without end
+    sent: int = 0  # bytes of the keys' answers written
     fetches: int = 0
     credentials: list[str | None] = field(default_factory=list)
 
@@ -127,11 +130,28 @@ def running_issuer(*keys: SigningKey) -> Iterator[Issuer]:
                 self.send_error(404)
                 return
             content = json.dumps(body).encode()
+            keys = self.path == "/openid/v1/jwks"
+            padding = issuer.padding if keys else 0
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(content)))
+            self.send_header("Content-Length", str(len(content) + padding))
             self.end_headers()
-            self.wfile.write(content)
+            try:
+                if keys and issuer.drip:
+                    for byte in range(len(content)):
+                        self.wfile.write(content[byte : byte + 1])
+                        self.wfile.flush()
+                        issuer.sent += 1
+                        time.sleep(issuer.drip)
+                    return
+                self.wfile.write(content)
+                issuer.sent += len(content) if keys else 0
+                while padding > 0:  # written as the client reads it, never held whole
+                    chunk = b" " * min(padding, 65536)
+                    self.wfile.write(chunk)
+                    issuer.sent, padding = issuer.sent + len(chunk), padding - len(chunk)
+            except OSError:  # the client gave up
+                pass
 
         def log_message(self, *_: Any) -> None:
             pass

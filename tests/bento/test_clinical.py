@@ -196,3 +196,53 @@ def test_confirmed_outcomes_are_scored_and_counted_per_model(client: httpx.Clien
     assert {key: count(*key) - value for key, value in before.items()} == dict.fromkeys(before, 1.0)
     assert metric(server, "confirmed_outcome_delay_seconds_count") == delays + 1
     assert response.headers["cache-control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "field", "message"),
+    [
+        (
+            [{"features": MALIGNANT_EXAMPLE, "diagnosis": "malignant", "request_id": "r-7"}] * 2,
+            "outcomes[1].request_id",
+            "repeats outcomes[0]",
+        ),
+        (
+            [
+                {
+                    "features": MALIGNANT_EXAMPLE,
+                    "diagnosis": "malignant",
+                    "predicted_at": "0001-01-01T00:00:00Z",
+                }
+            ],
+            "outcomes[0].predicted_at",
+            "within the last 366 days",
+        ),
+        (
+            [
+                {
+                    "features": MALIGNANT_EXAMPLE,
+                    "diagnosis": "malignant",
+                    "predicted_at": "2999-01-01T00:00:00Z",
+                }
+            ],
+            "outcomes[0].predicted_at",
+            "within the last 366 days",
+        ),
+    ],
+    ids=["repeated-request-id", "ancient-prediction", "future-prediction"],
+)
+def test_an_outcome_counted_twice_or_predicted_out_of_time_is_refused_and_nothing_counted(
+    client: httpx.Client, server: Server, outcomes: list[dict], field: str, message: str
+) -> None:
+    tag = client.get("/model").json()["tag"]
+    before = metric(
+        server, "confirmed_outcomes_total", model_tag=tag, predicted="malignant", confirmed="malignant"
+    )
+    response = client.post("/outcomes", json={"outcomes": outcomes})
+    assert response.status_code == 422, response.text
+    (problem,) = assert_error_shape(response)["detail"]
+    assert problem["field"] == field and message in problem["message"]
+    after = metric(
+        server, "confirmed_outcomes_total", model_tag=tag, predicted="malignant", confirmed="malignant"
+    )
+    assert after == before

@@ -221,6 +221,28 @@ def test_idle_connections_are_closed(edge: Server) -> None:
         assert kept.closed_within(HEADER_TIMEOUT + 1.5), "an idle keep-alive connection stays open"
 
 
+WEBSOCKET = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [("POST", "/predict", ROW, 200), ("GET", "/livez", b"x", 200), ("GET", "/predict", b"", 405)],
+    ids=["predict", "livez-with-a-body", "wrong-method"],
+)
+def test_a_websocket_upgrade_offer_is_served_as_the_http_request_it_also_is(
+    edge: Server, method: str, path: str, body: bytes, status: int
+) -> None:
+    answer = exchange(edge, request(method, path, body, headers=WEBSOCKET), timeout=5)
+    assert answer is not None and answer.status == status
+    assert answer.headers["cache-control"] == "no-store" and "x-request-id" in answer.headers
+    assert path == "/livez" or answer.headers["content-type"] == "application/json"  # the probe's is text
+
+
 @pytest.mark.parametrize(("declared", "sent"), [(1, b"x"), (100, b"{")], ids=["whole-body", "part-of-it"])
 def test_a_connection_answered_before_its_body_arrived_is_closed_when_idle(
     edge: Server, declared: int, sent: bytes

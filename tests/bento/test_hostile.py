@@ -21,7 +21,7 @@ import pytest
 
 from harness.paths import REPO_ROOT
 from harness.servers import Server, bentoml_serve_command, free_port
-from tests.bento.raw import worker_cpu_seconds, workers
+from tests.bento.raw import Answer, Connection, chunked, request, worker_cpu_seconds, workers
 from tests.bento.test_errors import assert_error_shape
 from tests.conftest import own_server
 from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
@@ -120,6 +120,63 @@ def test_megabytes_of_tiny_values_cost_no_more_than_a_valid_batch(hostile: Serve
               f"a valid 1000-row batch: {valid_cpu * 1000:.1f} ms")  # fmt: skip
         assert response.status_code == 422 and len(response.content) < SMALL_ANSWER
         assert hostile_cpu < 4 * valid_cpu * len(hostile_body) / len(_valid_batch(1000)) + 0.05
+
+
+def _raw_cpu_per_request(server: Server, data: bytes, repeats: int) -> tuple[float, Answer | None]:
+    """Worker CPU per exchange of raw bytes that the server may refuse before they are all sent."""
+    before, answer = worker_cpu_seconds(server), None
+    for _ in range(repeats):
+        with Connection(server, timeout=30) as connection:
+            with contextlib.suppress(OSError):  # refused and closed while still sending
+                connection.send(data)
+            with contextlib.suppress(OSError):
+                answer = connection.answer(timeout=30)
+    return (worker_cpu_seconds(server) - before) / repeats, answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kind", "hostile_request"),
+    [
+        (
+            "a body in one-byte chunks",
+            request("POST", "/predict_batch", headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+            + b"1\r\n \r\n" * 300_000 + b"0\r\n\r\n",
+        ),
+        (
+            "a valid batch in 300-byte chunks",
+            request("POST", "/predict_batch", headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+            + chunked(*(_valid_batch(1000)[i : i + 300] for i in range(0, len(_valid_batch(1000)), 300))),
+        ),
+        ("seven thousand tiny header fields", request("GET", "/livez", headers={f"a{i}": "0" for i in range(7_000)})),
+        ("a 100 KB method", b"X" * 100_000 + b" /predict HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ],
+    ids=["one-byte-chunks", "300-byte-chunks", "tiny-header-fields", "long-method"],
+)  # fmt: skip
+def test_what_the_parser_must_take_apart_costs_no_more_than_a_valid_thousand_row_batch(
+    hostile: Server, kind: str, hostile_request: bytes
+) -> None:
+    valid = request("POST", "/predict_batch", _valid_batch(1000))
+    hostile_cpu, answer = _raw_cpu_per_request(hostile, hostile_request, repeats=5)
+    valid_cpu, valid_answer = _raw_cpu_per_request(hostile, valid, repeats=5)
+    print(f"{kind} ({len(hostile_request) / 1e6:.2f} MB): {hostile_cpu * 1000:.1f} ms CPU; "
+          f"a valid 1000-row batch ({len(valid) / 1e6:.2f} MB): {valid_cpu * 1000:.1f} ms")  # fmt: skip
+    assert valid_answer is not None and valid_answer.status == 200
+    assert answer is None or answer.status in ((200,) if "valid" in kind else (400, 413, 431))
+    assert hostile_cpu < 3 * valid_cpu * max(1.0, len(hostile_request) / len(valid)) + 0.01
+
+
+@pytest.mark.slow
+def test_the_openapi_document_costs_less_than_a_valid_batch_after_it_is_first_made(hostile: Server) -> None:
+    document_cpu, answer = _raw_cpu_per_request(hostile, request("GET", "/docs.json"), repeats=20)
+    valid_cpu, _ = _raw_cpu_per_request(
+        hostile, request("POST", "/predict_batch", _valid_batch(1000)), repeats=20
+    )
+    print(
+        f"GET /docs.json: {document_cpu * 1000:.1f} ms CPU; a valid 1000-row batch: {valid_cpu * 1000:.1f} ms"
+    )
+    assert answer is not None and answer.status == 200 and answer.json()["paths"]
+    assert document_cpu < valid_cpu
 
 
 @pytest.mark.slow
