@@ -7,7 +7,8 @@ and the check, in each worker, that it still holds after an upgrade.
    protocol frames strictly (chunked bodies, one Host, trailers kept apart, a 16 KiB head) but waits
    forever for a head that never ends. `install()` points "auto" at DeadlineH11Protocol, h11 with a
    deadline for the head. Checked: each connection marks it in use; until one has (the first
-   readiness probe), `missing()` names it. The protocol also
+   readiness probe), `missing()` names it, as it does when uvicorn no longer keeps the two
+   attributes replaced below where the protocol sets them. The protocol also
    - takes no WebSocket upgrade (the service has none): uvicorn would hand such a request, body
      and all, to its WebSocket protocol, outside the edge and the deadline;
    - parses with BoundedH11Connection, h11's connection refusing a chunked body cut into so many
@@ -76,6 +77,10 @@ class DeadlineH11Protocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if not isinstance(vars(self).get("conn"), h11.Connection) or "ws_protocol_class" not in vars(self):
+            _failed[PROTOCOL] = (
+                "uvicorn's h11 protocol keeps its parser or WebSocket class under another name"
+            )
         self.conn = BoundedH11Connection()
         self.ws_protocol_class = None  # an upgrade offer is served as the HTTP request it also is
 

@@ -18,7 +18,9 @@ UNHOOKED = "tests.bento.services.unhooked:BreastCancerClassifier"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("undo", "hook"), [("protocol", hooks.PROTOCOL), ("parse", hooks.PARSE)])
+@pytest.mark.parametrize(
+    ("undo", "hook"), [("protocol", hooks.PROTOCOL), ("renamed", hooks.PROTOCOL), ("parse", hooks.PARSE)]
+)
 def test_a_hook_out_of_effect_leaves_the_worker_unready_and_named(
     model_store: Path, tmp_path_factory: pytest.TempPathFactory, undo: str, hook: str
 ) -> None:
