@@ -5,6 +5,7 @@ training data gets no diagnosis, and confirmed outcomes are counted against the 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -182,7 +183,7 @@ def test_confirmed_outcomes_are_scored_and_counted_per_model(client: httpx.Clien
             "features": MALIGNANT_EXAMPLE,
             "diagnosis": "malignant",
             "request_id": "r-1",
-            "predicted_at": "2026-12-01T08:00:00Z",
+            "predicted_at": (datetime.now(UTC) - timedelta(days=3)).isoformat(timespec="seconds"),
         },
         {"features": BENIGN_EXAMPLE, "diagnosis": "malignant"},  # a miss
         {"features": {name: value * 0.1 for name, value in BENIGN_EXAMPLE.items()}, "diagnosis": "benign"},

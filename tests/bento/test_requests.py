@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -138,11 +139,12 @@ def test_many_problems_are_counted_and_the_first_twenty_described() -> None:
 
 
 def test_outcomes_carry_their_labels_and_times() -> None:
+    day = (datetime.now(UTC) - timedelta(days=3)).date().isoformat()  # a prediction of three days ago
     outcome = {
         "features": MALIGNANT_EXAMPLE,
         "diagnosis": "benign",
         "request_id": "a:1",
-        "predicted_at": "2026-12-01T10:00:00Z",
+        "predicted_at": f"{day}T10:00:00Z",
     }
     checked = check(
         OUTCOMES, {"outcomes": [outcome, {"features": MALIGNANT_EXAMPLE, "diagnosis": "malignant"}]}
@@ -151,11 +153,11 @@ def test_outcomes_carry_their_labels_and_times() -> None:
     assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "request_id": "x" * 65}]})) == [
         "outcomes[0].request_id"
     ]
-    for not_rfc_3339 in ("2026-12-01", "2026-W01-1T00:00Z", "2026-12-01T10:00Z", "2026-12-01T10:00:00"):
+    for not_rfc_3339 in (day, "2026-W01-1T00:00Z", f"{day}T10:00Z", f"{day}T10:00:00"):
         assert fields(check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": not_rfc_3339}]})) == [
             "outcomes[0].predicted_at"
         ], not_rfc_3339
-    for rfc_3339 in ("2026-12-01T10:00:00.123456+01:00", "2026-12-01 10:00:00Z"):
+    for rfc_3339 in (f"{day}T10:00:00.123456+01:00", f"{day} 10:00:00Z"):
         assert check(OUTCOMES, {"outcomes": [{**outcome, "predicted_at": rfc_3339}]}).features.shape == (
             1,
             30,
