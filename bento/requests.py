@@ -146,17 +146,13 @@ def _problems(kind: str, payload: Any) -> list[tuple[str, str]]:
         return [*found, (key, "required: a list" if items is None else "expected a list")]
     if not 1 <= len(items) <= MAX_BATCH_ROWS:
         found.append((key, f"expected 1 to {MAX_BATCH_ROWS} items, got {len(items)}"))
+    if kind == BATCH:
+        for index, item in enumerate(items[: MAX_BATCH_ROWS + 1]):
+            found += _row_problems(item, f"instances[{index}].")
+        return found
     now, first_with_id = datetime.now(UTC), {}
     for index, item in enumerate(items[: MAX_BATCH_ROWS + 1]):
-        if kind == BATCH:
-            found += _row_problems(item, f"instances[{index}].")
-            continue
-        found += _outcome_problems(item, index, now)
-        request_id = item.get("request_id") if type(item) is dict else None
-        if type(request_id) is str and (first := first_with_id.setdefault(request_id, index)) != index:
-            found.append(
-                (f"outcomes[{index}].request_id", f"repeats outcomes[{first}]'s: each is counted once")
-            )
+        found += _outcome_problems(item, index, now, first_with_id)
     return found
 
 
@@ -176,7 +172,10 @@ def _row_problems(row: Any, prefix: str) -> list[tuple[str, str]]:
     return found
 
 
-def _outcome_problems(item: Any, index: int, now: datetime) -> list[tuple[str, str]]:
+def _outcome_problems(
+    item: Any, index: int, now: datetime, first_with_id: dict[str, int]
+) -> list[tuple[str, str]]:
+    """An outcome's problems; `first_with_id` holds the index of the first outcome with each request_id."""
     at = f"outcomes[{index}]"
     if type(item) is not dict:
         return [(at, "expected an object with features and diagnosis")]
@@ -189,6 +188,10 @@ def _outcome_problems(item: Any, index: int, now: datetime) -> list[tuple[str, s
         type(item["request_id"]) is str and REQUEST_ID.fullmatch(item["request_id"])
     ):
         found.append((f"{at}.request_id", "expected 1 to 64 letters, digits or ._:-"))
+    elif (request_id := item.get("request_id")) is not None and (
+        first := first_with_id.setdefault(request_id, index)
+    ) != index:
+        found.append((f"{at}.request_id", f"repeats outcomes[{first}]'s: each is counted once"))
     if item.get("predicted_at") is not None:
         if (when := _time(item["predicted_at"])) is None:
             found.append((f"{at}.predicted_at", "expected an RFC 3339 date and time with its offset"))
