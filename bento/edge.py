@@ -2,7 +2,8 @@
 
 The HTTP parser frames requests (bento/hooks.py); the edge decides, before BentoML parses anything:
 1. where a request goes: 404 for an unknown path, 405 (with Allow) for a method the path does not
-   take, 400 without exactly one Host, 431 past MAX_HEADERS fields or MAX_HEAD_BYTES;
+   take, 431 past MAX_HEADERS fields or MAX_HEAD_BYTES (the parser answers a request without exactly
+   one Host);
 2. who is calling, when AUTH_ENABLED: a token the route group's allow-list admits (kubeauth/);
 3. whether a model is served, for the routes that need one (503 otherwise);
 4. for an API, its body: read whole within BODY_TIMEOUT_SECONDS and the route's limit; admitted by
@@ -164,26 +165,20 @@ class Edge:
 
     def _route(self, scope: Scope, route: Route | None) -> ErrorAnswer | None:
         headers = scope["headers"]
-        if len(headers) > config.MAX_HEADERS:
-            return errors.head_too_large(f"{len(headers)} fields; at most {config.MAX_HEADERS}")
         size = sum(len(n) + len(v) for n, v in headers) + len(scope["method"]) + len(scope["raw_path"])
-        size += len(scope["query_string"])
-        if size > config.MAX_HEAD_BYTES:
-            return errors.head_too_large(
-                f"{size} bytes of request line and headers; at most {config.MAX_HEAD_BYTES}"
-            )
-        hosts = sum(1 for name, _ in headers if name == b"host")
-        if hosts > 1 or (hosts == 0 and scope["http_version"] == "1.1"):  # the parser refuses these first
-            return errors.bad_request("host", f"expected one Host header, got {hosts}")
+        if len(headers) > config.MAX_HEADERS or size + len(scope["query_string"]) > config.MAX_HEAD_BYTES:
+            return errors.HEAD_TOO_LARGE
         framing = {name for name, _ in headers if name in (b"content-length", b"transfer-encoding")}
         if len(framing) == 2:  # RFC 9112 6.3: a smuggling attempt, perhaps; refused, and closed
             return errors.bad_request(
                 "transfer-encoding", "a request gives Content-Length or Transfer-Encoding, not both"
             )
         if route is None:
-            return errors.not_found(scope["path"])
+            return errors.answer(404, "not found", "path", f"no endpoint at {scope['path']}")
         if scope["method"] not in route.methods:
-            return errors.method_not_allowed(scope["path"], scope["method"], sorted(route.methods))
+            allow = ", ".join(sorted(route.methods))
+            message = f"{scope['method']} is not allowed on {scope['path']}; allowed: {allow}"
+            return errors.answer(405, "method not allowed", "method", message, (b"allow", allow.encode()))
         return None
 
     async def _authorize(self, scope: Scope, group: str) -> ErrorAnswer | None:
@@ -196,13 +191,7 @@ class Edge:
                 raise Denied(403, "forbidden", f"{identity} may not call the {group} endpoints")
         except Denied as denied:
             self.metrics.auth_denied.labels(denied.reason).inc()
-            if denied.status == 401:
-                return errors.unauthenticated(denied.message)
-            return (
-                errors.forbidden(denied.message)
-                if denied.status == 403
-                else errors.unavailable("authentication", denied.message)
-            )
+            return errors.denied(denied.status, denied.message)
         CALLER.set(str(identity))
         self.metrics.auth_allowed.labels(str(identity)).inc()
         return None
@@ -228,13 +217,13 @@ class Edge:
                     if size // config.WEIGHT_BYTES > held:
                         if not self._admit(size // config.WEIGHT_BYTES - held, held):
                             reply.close = True
-                            return errors.overloaded(config.MAX_CONCURRENCY)
+                            return errors.OVERLOADED
                         held = size // config.WEIGHT_BYTES
             body = b"".join(chunks)
             if not body.strip():
                 return errors.EMPTY_BODY
             if not self._admit(1, held):
-                return errors.overloaded(config.MAX_CONCURRENCY)
+                return errors.OVERLOADED
             held += 1
             checked = requests.check(route.body, body)
             if isinstance(checked, ErrorAnswer):
@@ -249,7 +238,7 @@ class Edge:
             return None
         except TimeoutError:
             reply.close = True
-            return errors.body_timeout(config.BODY_TIMEOUT_SECONDS)
+            return errors.BODY_TIMEOUT
         finally:
             self.load -= held
 

@@ -78,10 +78,12 @@ class ErrorAnswer:
         return orjson.dumps(self.body())
 
 
-_RETRY = ((b"retry-after", str(config.RETRY_AFTER_SECONDS).encode()),)
-EMPTY_BODY = ErrorAnswer(400, "empty request body", (("body", "expected a JSON object"),))
-INTERNAL_ERROR = ErrorAnswer(500, "internal server error")
-TIMED_OUT = ErrorAnswer(504, "timed out", (("request", "the service did not answer in time; retry"),))
+RETRY = (b"retry-after", str(config.RETRY_AFTER_SECONDS).encode())
+
+
+def answer(status: int, error: str, field: str, message: str, *headers: tuple[bytes, bytes]) -> ErrorAnswer:
+    """An answer about one field."""
+    return ErrorAnswer(status, error, ((field, message),), headers)
 
 
 def problems(detail: list[tuple[str, str]], total: int) -> ErrorAnswer:
@@ -94,64 +96,60 @@ def problems(detail: list[tuple[str, str]], total: int) -> ErrorAnswer:
 
 
 def malformed_json(message: str) -> ErrorAnswer:
-    return ErrorAnswer(400, "malformed JSON", (("body", message),))
+    return answer(400, "malformed JSON", "body", message)
 
 
 def bad_request(field: str, message: str) -> ErrorAnswer:
-    return ErrorAnswer(400, "bad request", ((field, message),))
-
-
-def head_too_large(message: str) -> ErrorAnswer:
-    return ErrorAnswer(431, "request header fields too large", (("headers", message),))
-
-
-def not_found(path: str) -> ErrorAnswer:
-    return ErrorAnswer(404, "not found", (("path", f"no endpoint at {path}"),))
-
-
-def method_not_allowed(path: str, method: str, allowed: list[str]) -> ErrorAnswer:
-    allow = ", ".join(allowed)
-    message = f"{method} is not allowed on {path}; allowed: {allow}"
-    return ErrorAnswer(405, "method not allowed", (("method", message),), ((b"allow", allow.encode()),))
-
-
-def body_timeout(seconds: float) -> ErrorAnswer:
-    message = f"the body did not arrive within {seconds:g} s (is Content-Length larger than the body?)"
-    return ErrorAnswer(408, "request body incomplete", (("body", message),))
+    return answer(400, "bad request", field, message)
 
 
 def too_large(limit: int) -> ErrorAnswer:
-    return ErrorAnswer(413, "request body too large", (("body", f"the limit is {limit} bytes"),))
+    return answer(413, "request body too large", "body", f"the limit is {limit} bytes")
 
 
 def unsupported_media_type(got: str) -> ErrorAnswer:
     message = f"expected {JSON_CONTENT_TYPE}, got {got or 'none'}"
-    return ErrorAnswer(415, "unsupported media type", (("content-type", message),))
+    return answer(415, "unsupported media type", "content-type", message)
 
 
-def unauthenticated(message: str) -> ErrorAnswer:
+def denied(status: int, message: str) -> ErrorAnswer:
+    """The answer to a caller authentication refused (401), authorization refused (403), or that could
+    not be checked (503: the signing keys are not loaded)."""
+    if status == 503:
+        return answer(503, "authentication unavailable", "authentication", message, RETRY)
+    if status == 403:
+        return answer(403, "forbidden", "authorization", message)
     challenge = b"Bearer" if message == "no bearer token" else b'Bearer error="invalid_token"'
-    return ErrorAnswer(
-        401, "unauthenticated", (("authorization", message),), ((b"www-authenticate", challenge),)
-    )
+    return answer(401, "unauthenticated", "authorization", message, (b"www-authenticate", challenge))
 
 
-def forbidden(message: str) -> ErrorAnswer:
-    return ErrorAnswer(403, "forbidden", (("authorization", message),))
-
-
-def unavailable(what: str, message: str) -> ErrorAnswer:
-    return ErrorAnswer(503, f"{what} unavailable", ((what, message),), _RETRY)
-
-
-MODEL_UNAVAILABLE = unavailable(
-    "model", f"model {config.MODEL_TAG} is not loaded; see the service's startup log"
+EMPTY_BODY = answer(400, "empty request body", "body", "expected a JSON object")
+INTERNAL_ERROR = ErrorAnswer(500, "internal server error")
+TIMED_OUT = answer(504, "timed out", "request", "the service did not answer in time; retry")
+BODY_TIMEOUT = answer(
+    408,
+    "request body incomplete",
+    "body",
+    f"the body did not arrive within {config.BODY_TIMEOUT_SECONDS:g} s (is Content-Length larger than the body?)",
 )
-
-
-def overloaded(limit: int) -> ErrorAnswer:
-    message = (
-        f"this worker is at its limit of {limit} (a request counts one while computed plus one per "
-        f"{config.WEIGHT_BYTES // 1024} KiB of body received); retry after {config.RETRY_AFTER_SECONDS} s"
-    )
-    return ErrorAnswer(503, "overloaded", (("request", message),), _RETRY)
+HEAD_TOO_LARGE = answer(
+    431,
+    "request header fields too large",
+    "headers",
+    f"at most {config.MAX_HEADERS} fields and {config.MAX_HEAD_BYTES} bytes of request line and headers",
+)
+MODEL_UNAVAILABLE = answer(
+    503,
+    "model unavailable",
+    "model",
+    f"model {config.MODEL_TAG} is not loaded; see the service's startup log",
+    RETRY,
+)
+OVERLOADED = answer(
+    503,
+    "overloaded",
+    "request",
+    f"this worker is at its limit of {config.MAX_CONCURRENCY} (a request counts one while computed plus one per "
+    f"{config.WEIGHT_BYTES // 1024} KiB of body received); retry after {config.RETRY_AFTER_SECONDS} s",
+    RETRY,
+)

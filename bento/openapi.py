@@ -60,9 +60,9 @@ ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
 
 EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
     400: [errors.malformed_json("unexpected character: line 1 column 42 (char 41)"), errors.EMPTY_BODY],
-    401: [errors.unauthenticated("the token has expired")],
-    403: [errors.forbidden("other-namespace/some-app may not call the diagnosis endpoints")],
-    408: [errors.body_timeout(config.BODY_TIMEOUT_SECONDS)],
+    401: [errors.denied(401, "the token has expired")],
+    403: [errors.denied(403, "other-namespace/some-app may not call the diagnosis endpoints")],
+    408: [errors.BODY_TIMEOUT],
     413: [errors.too_large(config.SINGLE_ROW_BYTES)],
     415: [errors.unsupported_media_type("text/plain")],
     422: [
@@ -78,7 +78,7 @@ EXAMPLES: dict[int, list[errors.ErrorAnswer]] = {
     500: [errors.INTERNAL_ERROR],
     503: [
         errors.MODEL_UNAVAILABLE,
-        errors.overloaded(config.MAX_CONCURRENCY),
+        errors.OVERLOADED,
     ],
     504: [errors.TIMED_OUT],
 }
