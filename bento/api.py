@@ -312,7 +312,7 @@ class BreastCancerClassifier:
         started = time.perf_counter()
         diagnoses = self.model.diagnose(features)
         if RECORDING.get():
-            self.drift.record(features, diagnoses.logits, diagnoses.malignant)
+            self.drift.rows.record(features, diagnoses.logits, diagnoses.malignant)
             for label in DIAGNOSES:
                 if count := diagnoses.labels.count(label):
                     self._predicted[label].inc(count)

@@ -203,9 +203,6 @@ class DriftMonitor:
         self.report_path = directory / "report.json"
         self.reference, self.expected_share, self.metrics = reference, expected_share, metrics
 
-    def record(self, features: np.ndarray, logits: np.ndarray, malignant: np.ndarray) -> None:
-        self.rows.record(features, logits, malignant)
-
     def latest(self) -> DriftReport | None:
         try:
             if self.report_path.stat().st_mtime >= self.pod_started:

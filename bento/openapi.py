@@ -171,12 +171,14 @@ def document(
             continue
         for method, operation in spec["paths"][path].items():
             _describe(path, method, operation, routes[path])
+    spec = _rename_io_descriptors(spec)
     if model_info is not None:
         spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"] = (
             model_info
         )
-        _add_training_ranges(schemas, model_info)
-    spec = _rename_io_descriptors(spec)
+        _add_training_ranges(
+            spec["components"]["schemas"]["Features"]["properties"], model_info["feature_stats"]
+        )
     _mark_nullable(spec, nullable)
     return spec
 
@@ -205,11 +207,7 @@ def _describe(path: str, method: str, operation: dict[str, Any], route: Any) -> 
         operation["responses"][str(status)] = _error_response(status)
 
 
-def _add_training_ranges(schemas: dict[str, Any], model_info: dict[str, Any]) -> None:
-    stats = model_info.get("feature_stats", {})
-    for name in ("Features", "FeaturesIODescriptor"):
-        properties = schemas.get(name, {}).get("properties", {})
-        for feature in FEATURE_NAMES:
-            if feature in properties and feature in stats:
-                low, high, mean = (stats[feature][key] for key in ("min", "max", "mean"))
-                properties[feature]["description"] += f". Training range {low:g} to {high:g} (mean {mean:g})."
+def _add_training_ranges(properties: dict[str, Any], stats: dict[str, Any]) -> None:
+    for feature in FEATURE_NAMES:
+        low, high, mean = (stats[feature][key] for key in ("min", "max", "mean"))
+        properties[feature]["description"] += f". Training range {low:g} to {high:g} (mean {mean:g})."

@@ -5,6 +5,7 @@ the HTTP framing cases are in test_edge.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
@@ -88,6 +89,7 @@ def test_405_names_the_allowed_methods(hostile: Server, method: str, path: str, 
     assert_error_shape(response)
 
 
+@functools.cache  # made once: test parameters are built at collection, for every run of the suite
 def _valid_batch(rows: int) -> bytes:
     return json.dumps({"instances": [MALIGNANT_EXAMPLE, BENIGN_EXAMPLE] * (rows // 2)}).encode()
 

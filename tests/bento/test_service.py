@@ -105,6 +105,17 @@ def test_openapi_has_a_working_example_for_each_endpoint(client: httpx.Client) -
         assert response.status_code == 200, (path, response.text)
 
 
+def test_openapi_describes_each_feature_with_the_served_models_training_range(client: httpx.Client) -> None:
+    spec, model = client.get("/docs.json").json(), client.get("/model").json()
+    assert (
+        spec["paths"]["/model"]["get"]["responses"]["200"]["content"]["application/json"]["example"] == model
+    )
+    features = spec["components"]["schemas"]["Features"]["properties"]
+    for name in FEATURE_NAMES:
+        stats = model["feature_stats"][name]
+        assert f"Training range {stats['min']:g} to {stats['max']:g}" in features[name]["description"], name
+
+
 def test_log_file_gets_the_same_json_lines(client: httpx.Client, server, log_file) -> None:
     import json
 
