@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import functools
 import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from loguru import logger
 
@@ -96,14 +103,72 @@ def service_metrics() -> ServiceMetrics:
     return ServiceMetrics()
 
 
+# At most one scrape is made per this many seconds; Prometheus scrapes every 10 s or more.
+SCRAPE_SECONDS = 0.1
+
+
+class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """A thread per connection, as prometheus_client's own server, but at most METRICS_CONNECTIONS of
+    them: a connection beyond is closed at once."""
+
+    daemon_threads = True
+    slots = threading.BoundedSemaphore(config.METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:  # no thread started: the slot is free again
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
+class _MetricsHandler(WSGIRequestHandler):
+    timeout = config.METRICS_CLIENT_SECONDS  # the socket's: a client silent this long is cut off
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Nothing: Prometheus scrapes are not worth a line each."""
+
+
+def _paced(app: Callable) -> Callable:
+    """The WSGI app, making one scrape at a time and at most one per SCRAPE_SECONDS: a scrape sums every
+    worker's files (milliseconds of this worker's CPU), so scrapes in a loop must wait their turn."""
+    lock, last = threading.Lock(), [0.0]
+
+    def paced(environ: dict, start_response: Callable) -> Any:
+        with lock:
+            time.sleep(max(0.0, last[0] + SCRAPE_SECONDS - time.monotonic()))
+            last[0] = time.monotonic()
+            return app(environ, start_response)
+
+    return paced
+
+
 def serve_pod_metrics() -> None:
-    """Serve every worker's metrics, summed, on METRICS_PORT (a thread of this worker)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+    """Serve every worker's metrics, summed, on METRICS_PORT (threads of this worker): prometheus_client's
+    WSGI app, behind a server that bounds what a client can hold (its own server does not)."""
+    from prometheus_client import CollectorRegistry, make_wsgi_app
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry)
-    start_http_server(config.METRICS_PORT, addr=config.METRICS_HOST, registry=registry)
+    _MetricsServer.address_family = socket.AF_INET6 if ":" in config.METRICS_HOST else socket.AF_INET
+    server = make_server(
+        config.METRICS_HOST,
+        config.METRICS_PORT,
+        _paced(make_wsgi_app(registry)),
+        _MetricsServer,
+        _MetricsHandler,
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     logger.info("metrics on {}:{}/metrics", config.METRICS_HOST, config.METRICS_PORT)
 
 

@@ -11,8 +11,10 @@ import os
 import random
 import shutil
 import signal
+import socket
 import string
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bento.config import METRICS_CLIENT_SECONDS, METRICS_CONNECTIONS
 from harness.paths import REPO_ROOT
 from harness.servers import Server, bentoml_serve_command, free_port
 from tests.bento.raw import Answer, Connection, chunked, request, worker_cpu_seconds, workers
@@ -291,6 +294,65 @@ def test_a_killed_worker_is_logged_and_replaced(model_store: Path, tmp_path_fact
         (line,) = replaced
         assert line["level"] == "WARNING" and line["previous_pid"] == victim.pid
         assert server.wait_until_ready() >= 0
+
+
+def _metrics_threads(server: Server) -> int:
+    return sum(worker.num_threads() for worker in workers(server))
+
+
+@pytest.mark.slow
+def test_idle_connections_to_the_metrics_port_hold_no_thread_for_long(hostile: Server) -> None:
+    """Every connection to the metrics port is served on a thread of the pod's first worker: idle ones
+    must neither pile up threads and memory nor stay open."""
+    address = (httpx.URL(hostile.metrics_url).host, httpx.URL(hostile.metrics_url).port)
+    threads_before = _metrics_threads(hostile)
+    sockets = [socket.create_connection(address) for _ in range(300)]
+    try:
+        time.sleep(1)
+        threads = _metrics_threads(hostile)
+        deadline = time.monotonic() + METRICS_CLIENT_SECONDS + 3
+        still_open = 0
+        for sock in sockets:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                still_open += sock.recv(1) != b""
+            except TimeoutError:
+                still_open += 1
+            except OSError:  # reset: closed
+                pass
+    finally:
+        for sock in sockets:
+            sock.close()
+    print(
+        f"300 idle connections: {threads_before} -> {threads} threads; {still_open} still open after the timeout"
+    )
+    # The worker may start a thread or two of its own meanwhile; 300 connections must not add 300.
+    assert threads - threads_before <= METRICS_CONNECTIONS + 2 and still_open == 0
+    assert httpx.get(hostile.metrics_url).status_code == 200
+
+
+@pytest.mark.slow
+def test_scrapes_in_a_loop_take_a_small_share_of_the_worker(hostile: Server) -> None:
+    """A scrape sums every worker's files: looped, without a bound, it took most of a core from the
+    worker that also answers requests."""
+    stop = threading.Event()
+
+    def scrape_until_stopped() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                assert client.get(hostile.metrics_url).status_code == 200
+
+    with ThreadPoolExecutor(4) as pool:
+        loops = [pool.submit(scrape_until_stopped) for _ in range(4)]
+        time.sleep(1)
+        before, started = worker_cpu_seconds(hostile), time.monotonic()
+        time.sleep(4)
+        share = (worker_cpu_seconds(hostile) - before) / (time.monotonic() - started)
+        stop.set()
+        for loop in loops:
+            loop.result()
+    print(f"4 connections scraping in a loop: the worker used {share:.0%} of a core")
+    assert share < 0.15
 
 
 def test_an_unwritable_log_file_is_one_json_line_and_a_non_zero_exit(
