@@ -103,10 +103,6 @@ def service_metrics() -> ServiceMetrics:
     return ServiceMetrics()
 
 
-# At most one scrape is made per this many seconds; Prometheus scrapes every 10 s or more.
-SCRAPE_SECONDS = 0.1
-
-
 class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     """A thread per connection, as prometheus_client's own server, but at most METRICS_CONNECTIONS of
     them: a connection beyond is closed at once."""
@@ -139,13 +135,13 @@ class _MetricsHandler(WSGIRequestHandler):
 
 
 def _paced(app: Callable) -> Callable:
-    """The WSGI app, making one scrape at a time and at most one per SCRAPE_SECONDS: a scrape sums every
-    worker's files (milliseconds of this worker's CPU), so scrapes in a loop must wait their turn."""
+    """The WSGI app, making one scrape at a time and at most one per METRICS_SCRAPE_SECONDS: scrapes in
+    a loop wait their turn (Prometheus scrapes every 10 s or more)."""
     lock, last = threading.Lock(), [0.0]
 
     def paced(environ: dict, start_response: Callable) -> Any:
         with lock:
-            time.sleep(max(0.0, last[0] + SCRAPE_SECONDS - time.monotonic()))
+            time.sleep(max(0.0, last[0] + config.METRICS_SCRAPE_SECONDS - time.monotonic()))
             last[0] = time.monotonic()
             return app(environ, start_response)
 
