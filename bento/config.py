@@ -37,7 +37,7 @@ MAX_HEAD_BYTES = 16 * 1024
 # An API request still computing after this long is answered 504.
 REQUEST_TIMEOUT_SECONDS = 10
 # The metrics port (bento/metrics.py) serves this many connections at once, each on a thread of the
-# pod's first worker; a client that sends nothing for this long is cut off. A scrape sums every
+# pod's first worker, for this many seconds at most. A scrape sums every
 # worker's files (milliseconds of that worker's CPU): at most one is made per METRICS_SCRAPE_SECONDS.
 METRICS_CONNECTIONS, METRICS_CLIENT_SECONDS, METRICS_SCRAPE_SECONDS = 8, 5, 0.1
 # BentoML's own request timeout (its traffic setting), a backstop behind the edge's. It keeps a timer

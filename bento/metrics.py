@@ -12,6 +12,7 @@ on METRICS_PORT. The chart's alert rules and dashboard use these names.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import socket
@@ -121,14 +122,46 @@ class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # A connection has METRICS_CLIENT_SECONDS in all: the socket's timeout alone is per read.
+        deadline = threading.Timer(config.METRICS_CLIENT_SECONDS, _cut, (request,))
+        deadline.start()
         try:
             super().process_request_thread(request, client_address)
         finally:
+            deadline.cancel()
             self.slots.release()
+
+
+def _cut(connection: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Head:
+    """A connection's reader that ends, as if the client had closed, after MAX_HEAD_BYTES: the port
+    takes GETs, and the standard library would read a head of 100 lines of 64 KiB."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader, self.left = reader, config.MAX_HEAD_BYTES
+
+    def readline(self, size: int = -1) -> bytes:
+        line = self.reader.readline(self.left if size < 0 else min(size, self.left)) if self.left > 0 else b""
+        self.left -= len(line)
+        return line
+
+    def read(self, size: int = -1) -> bytes:
+        return b""  # a GET has no body
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 class _MetricsHandler(WSGIRequestHandler):
     timeout = config.METRICS_CLIENT_SECONDS  # the socket's: a client silent this long is cut off
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile = _Head(self.rfile)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Nothing: Prometheus scrapes are not worth a line each."""

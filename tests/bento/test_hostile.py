@@ -25,7 +25,7 @@ import pytest
 from bento.config import METRICS_CLIENT_SECONDS, METRICS_CONNECTIONS
 from harness.paths import REPO_ROOT
 from harness.servers import Server, bentoml_serve_command, free_port
-from tests.bento.raw import Answer, Connection, chunked, request, worker_cpu_seconds, workers
+from tests.bento.raw import Answer, Connection, chunked, request, worker_cpu_seconds, worker_rss, workers
 from tests.bento.test_errors import assert_error_shape
 from tests.conftest import own_server
 from wdbc import BENIGN_EXAMPLE, FEATURE_NAMES, MALIGNANT_EXAMPLE
@@ -326,9 +326,55 @@ def test_idle_connections_to_the_metrics_port_hold_no_thread_for_long(hostile: S
     print(
         f"300 idle connections: {threads_before} -> {threads} threads; {still_open} still open after the timeout"
     )
-    # The worker may start a thread or two of its own meanwhile; 300 connections must not add 300.
-    assert threads - threads_before <= METRICS_CONNECTIONS + 2 and still_open == 0
+    # A thread per connection served and one for its deadline, and perhaps one or two of the worker's
+    # own meanwhile: 300 connections must not add 300.
+    assert threads - threads_before <= 2 * METRICS_CONNECTIONS + 2 and still_open == 0
     assert httpx.get(hostile.metrics_url).status_code == 200
+
+
+@pytest.mark.slow
+def test_a_head_trickled_to_the_metrics_port_holds_its_connection_no_longer_than_a_silent_one(
+    hostile: Server,
+) -> None:
+    """Every connection the port can hold, each sending a byte of its head now and then: scrapes
+    must get through again once the connections have had their time."""
+    address = (httpx.URL(hostile.metrics_url).host, httpx.URL(hostile.metrics_url).port)
+    sockets = [socket.create_connection(address) for _ in range(METRICS_CONNECTIONS)]
+    for sock in sockets:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nX: ")
+    deadline, scraped = time.monotonic() + METRICS_CLIENT_SECONDS + 3, False
+    try:
+        while not scraped and time.monotonic() < deadline:
+            for sock in sockets:
+                with contextlib.suppress(OSError):  # closed by the server
+                    sock.sendall(b"a")
+            with contextlib.suppress(httpx.TransportError):
+                scraped = httpx.get(hostile.metrics_url, timeout=1).status_code == 200
+            time.sleep(0.5)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert scraped, "no scrape got through while the connections trickled their heads"
+
+
+@pytest.mark.slow
+def test_a_huge_head_sent_to_the_metrics_port_is_not_read(hostile: Server) -> None:
+    """The standard library's server reads up to 100 header lines of 64 KiB before answering."""
+    address = (httpx.URL(hostile.metrics_url).host, httpx.URL(hostile.metrics_url).port)
+    head = b"GET /metrics HTTP/1.1\r\n" + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 65_000) for i in range(97))
+
+    def send() -> None:
+        with socket.create_connection(address, timeout=30) as sock, contextlib.suppress(OSError):
+            sock.sendall(head + b"\r\n")
+            sock.recv(1)
+
+    rss_before, cpu_before = worker_rss(hostile), worker_cpu_seconds(hostile)
+    with ThreadPoolExecutor(METRICS_CONNECTIONS) as pool:
+        list(pool.map(lambda _: send(), range(3 * METRICS_CONNECTIONS)))
+    cpu = (worker_cpu_seconds(hostile) - cpu_before) / (3 * METRICS_CONNECTIONS)
+    grown = (worker_rss(hostile) - rss_before) / 2**20
+    print(f"{len(head) / 1e6:.1f} MB heads: {cpu * 1000:.1f} ms CPU each, RSS +{grown:.0f} MiB")
+    assert cpu < 0.02 and grown < 20
 
 
 @pytest.mark.slow
