@@ -21,6 +21,7 @@ import asyncio
 import random
 import re
 import time
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -251,17 +252,19 @@ class Edge:
         return True
 
     async def forward(self, scope: Scope, checked: requests.Checked, send: Send) -> None:
-        """BentoML's turn, with the checked body (hook 2 of bento/hooks.py takes it from CHECKED)."""
-        delivered = False
+        """BentoML's turn, with the checked body (hook 2 of bento/hooks.py takes it from CHECKED).
+
+        Neither the context nor `receive` keeps the body or its parse once BentoML has them: the timers
+        a request starts (its timeouts, BentoML's, the connection's next deadline) hold a copy of the
+        context, and with it what it refers to, for seconds after the request is answered."""
+        body = [checked.body]
 
         async def receive() -> Message:
-            nonlocal delivered
-            if delivered:  # nothing more will arrive: the body is whole
+            if not body:  # nothing more will arrive: the body is whole
                 await asyncio.Event().wait()
-            delivered = True
-            return {"type": "http.request", "body": checked.body, "more_body": False}
+            return {"type": "http.request", "body": body.pop(), "more_body": False}
 
-        token = requests.CHECKED.set(checked)
+        token = requests.CHECKED.set(weakref.ref(checked))
         try:
             async with asyncio.timeout(config.REQUEST_TIMEOUT_SECONDS):
                 await self.app(scope, receive, send)

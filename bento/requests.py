@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,7 +51,7 @@ class Checked:
     features: np.ndarray  # (rows, 30) in model order
 
 
-CHECKED: ContextVar[Checked | None] = ContextVar("checked", default=None)
+CHECKED: ContextVar[weakref.ref[Checked] | None] = ContextVar("checked", default=None)
 reused = 0  # bodies BentoML took from CHECKED: the start-up round trip looks for one more
 
 
@@ -259,7 +260,7 @@ class _Checked(BaseModel):
 
     @classmethod
     def model_validate_json(cls, json_data: Any, **kwargs: Any) -> Any:
-        checked = CHECKED.get()
+        checked = ref() if (ref := CHECKED.get()) is not None else None
         if checked is None or not (checked.body is json_data or checked.body == json_data):
             return super().model_validate_json(json_data, **kwargs)
         global reused
