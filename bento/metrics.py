@@ -122,7 +122,7 @@ class _MetricsServer(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # A connection has METRICS_CLIENT_SECONDS in all: the socket's timeout alone is per read.
+        # A connection has METRICS_CLIENT_SECONDS in all, silent or trickling (a socket timeout is per read).
         deadline = threading.Timer(config.METRICS_CLIENT_SECONDS, _cut, (request,))
         deadline.start()
         try:
@@ -157,8 +157,6 @@ class _Head:
 
 
 class _MetricsHandler(WSGIRequestHandler):
-    timeout = config.METRICS_CLIENT_SECONDS  # the socket's: a client silent this long is cut off
-
     def setup(self) -> None:
         super().setup()
         self.rfile = _Head(self.rfile)
